@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Property-based API tests: schemathesis generates valid and invalid requests
+# from the live /openapi.json and checks every answer against the spec
+# (no 5xx, declared statuses, content types and schemas).
+# Usage: scripts/schemathesis.sh BASE_URL
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+BASE_URL=$1
+report="$LORAGATE_CACHE/schemathesis"
+"$LORAGATE_VENV/bin/schemathesis" run "$BASE_URL/openapi.json" \
+  --checks all \
+  --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" \
+  --seed 20261128 \
+  --generation-database none \
+  --request-timeout 120 \
+  --workers 1 \
+  --no-color \
+  --report junit --report-dir "$report"

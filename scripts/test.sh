@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests (real engine on the tiny
+# fixture model, real HTTP), the official openai SDK end to end on the default
+# model, and schemathesis against the live OpenAPI spec. Installs what it needs.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
+  if ! command -v redis-server >/dev/null; then
+    log "installing redis-server"; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  fi
+  log "starting Redis on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  log "Redis did not start"; return 1
+}
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Starts the gateway with CONFIG on a free port; sets URL.
+start_gateway() {
+  local config=$1 port; port=$(free_port)
+  URL="http://127.0.0.1:$port"
+  LORAGATE__SERVER__BIND="127.0.0.1:$port" "$LORAGATE_BIN" serve --config "$config" \
+    > "$LORAGATE_CACHE/gateway-$port.log" 2>&1 &
+  pids+=($!)
+  wait_ready "$URL/ready" "$!" 600 || { cat "$LORAGATE_CACHE/gateway-$port.log"; return 1; }
+}
+
+ensure_redis
+MODEL_PATH=$(bash scripts/fetch-default-model.sh)
+bash scripts/python-env.sh
+
+log "cargo fmt --check"
+cargo fmt --check
+
+log "building (dev profile; dependencies at -O3)"
+cargo build --locked --bins --tests
+
+log "Rust tests"
+cargo test --locked -- --test-threads="${LORAGATE_TEST_THREADS:-2}"
+
+log "openai SDK end to end on the default model ($MODEL_PATH)"
+start_gateway config/default.toml
+LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk
+kill "${pids[-1]}"
+
+log "schemathesis against the live spec on the tiny fixture model"
+tiny="$LORAGATE_CACHE/tiny-model"
+"$LORAGATE_BIN" tiny-model --out "$tiny" >/dev/null
+sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = .*|format = "safetensors"|' \
+    -e 's|^dtype = .*|dtype = "f32"|' -e 's|^served_name = .*|served_name = "tiny"|' \
+    config/default.toml > "$LORAGATE_CACHE/tiny.toml"
+start_gateway "$LORAGATE_CACHE/tiny.toml"
+bash scripts/schemathesis.sh "$URL"

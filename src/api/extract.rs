@@ -1,0 +1,152 @@
+//! A JSON body extractor whose every failure is an OpenAI error: the size cap
+//! gives 413, malformed JSON and wrong types give 400 naming the field.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest accepted request body, set once as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub struct JsonBody<T>(pub T);
+
+impl<T> JsonBody<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = request
+            .app_data::<web::Data<BodyLimit>>()
+            .map(|limit| limit.0)
+            .unwrap_or(4 * 1024 * 1024);
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if declared.is_some_and(|length| length > limit) {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::InvalidRequest {
+                    message: format!("Could not read the request body: {e}"),
+                    param: None,
+                    code: None,
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(JsonBody)
+        })
+    }
+}
+
+/// Parses with the path of the failing field kept, so the error names it.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest {
+            message: "The request body is empty; send a JSON object.".into(),
+            param: None,
+            code: None,
+        });
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::InvalidRequest {
+                message: format!(
+                    "We could not parse the JSON body of your request ({inner}). The body must be valid JSON."
+                ),
+                param: None,
+                code: None,
+            };
+        }
+        let message = strip_position(&inner.to_string());
+        let param = (path != ".").then_some(path.clone());
+        ApiError::InvalidRequest {
+            message: match &param {
+                Some(path) => format!("Invalid value for `{path}`: {message}"),
+                None => format!("Invalid request: {message}"),
+            },
+            param,
+            code: None,
+        }
+    })?;
+    deserializer.end().map_err(|_| ApiError::InvalidRequest {
+        message: "Trailing characters after the JSON body.".into(),
+        param: None,
+        code: None,
+    })?;
+    Ok(value)
+}
+
+/// serde_json appends " at line L column C", which means nothing to a client
+/// that sent a one-line body.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(position) => message[..position].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::ChatCompletionRequest;
+
+    fn error_of(body: &str) -> crate::error::ErrorBody {
+        parse::<ChatCompletionRequest>(body.as_bytes())
+            .err()
+            .expect("an error")
+            .body()
+            .error
+    }
+
+    #[test]
+    fn wrong_type_names_the_nested_field() {
+        let error = error_of(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+        );
+        assert_eq!(error.param.as_deref(), Some("temperature"));
+        assert!(!error.message.contains("line 1"), "{}", error.message);
+        let error = error_of(r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#);
+        assert_eq!(error.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn missing_field_and_unknown_field_are_named() {
+        let error = error_of(r#"{"model":"m"}"#);
+        assert!(error.message.contains("messages"), "{}", error.message);
+        let error = error_of(r#"{"model":"m","messages":[],"temprature":1}"#);
+        assert!(error.message.contains("temprature"), "{}", error.message);
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_with_no_param() {
+        let error = error_of(r#"{"model": "#);
+        assert_eq!(error.kind, "invalid_request_error");
+        assert!(error.param.is_none());
+        assert!(error.message.contains("could not parse"));
+    }
+}

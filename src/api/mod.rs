@@ -1,0 +1,12 @@
+//! OpenAI-compatible routes and their wire types.
+
+pub mod chat;
+pub mod completion;
+pub mod disconnect;
+pub mod extract;
+pub mod health;
+pub mod models;
+pub mod openapi;
+pub mod sse;
+pub mod validate;
+pub mod wire;

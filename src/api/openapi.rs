@@ -1,0 +1,120 @@
+//! The OpenAPI description, served at `/openapi.json`, and a docs page at
+//! `/docs` rendered on the server so it works without internet access.
+
+use actix_web::HttpResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::path::Operation;
+
+use crate::api::{chat, health, models, wire};
+use crate::error::{ErrorBody, ErrorResponse};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "loragate",
+        description = "Multi-tenant, OpenAI-compatible inference gateway over mistral.rs.",
+    ),
+    paths(
+        chat::create_chat_completion,
+        models::list_models,
+        models::retrieve_model,
+        health::health,
+        health::ready,
+        health::metrics,
+        openapi_json,
+        docs,
+    ),
+    components(schemas(
+        ErrorResponse,
+        ErrorBody,
+        wire::ChatCompletionRequest,
+        wire::ChatCompletion,
+        wire::ChatCompletionChunk,
+        wire::ModelList,
+        wire::ModelObject,
+        wire::HealthStatus,
+    )),
+    tags(
+        (name = "chat", description = "OpenAI chat completions"),
+        (name = "models", description = "Served models"),
+        (name = "operations", description = "Probes and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The spec as committed in `openapi.json` (pretty JSON, trailing newline).
+pub fn spec_json() -> String {
+    let mut json = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".into());
+    json.push('\n');
+    json
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This OpenAPI document.", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(spec_json())
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn operation_html(method: &str, path: &str, operation: &Operation) -> String {
+    let summary = operation
+        .summary
+        .as_deref()
+        .or(operation.description.as_deref())
+        .unwrap_or("");
+    let responses: String = operation
+        .responses
+        .responses
+        .iter()
+        .map(|(status, response)| {
+            let description = match response {
+                RefOr::T(response) => response.description.clone(),
+                RefOr::Ref(reference) => reference.ref_location.clone(),
+            };
+            format!("<li><code>{status}</code> {}</li>", escape(&description))
+        })
+        .collect();
+    format!(
+        "<section><h2><code>{method} {}</code></h2><p>{}</p><ul>{responses}</ul></section>",
+        escape(path),
+        escape(summary)
+    )
+}
+
+#[utoipa::path(get, path = "/docs", tag = "operations", responses((status = 200, description = "Human-readable API reference.", content_type = "text/html", body = String)))]
+pub async fn docs() -> HttpResponse {
+    let spec = ApiDoc::openapi();
+    let mut sections = String::new();
+    for (path, item) in &spec.paths.paths {
+        let operations = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                sections.push_str(&operation_html(method, path, operation));
+            }
+        }
+    }
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>loragate API</title>\
+         <style>body{{font-family:sans-serif;max-width:60rem;margin:auto}}section{{border-top:1px solid #ccc}}</style></head>\
+         <body><h1>loragate API</h1><p>Machine-readable spec: <a href=\"/openapi.json\">/openapi.json</a>. \
+         Errors use OpenAI's envelope <code>{{\"error\":{{\"message\",\"type\",\"param\",\"code\"}}}}</code>.</p>{sections}</body></html>"
+    );
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page)
+}

@@ -1,0 +1,263 @@
+//! OpenAI wire types for chat completions and models, as the official SDKs
+//! send and parse them.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "model": "smollm2-135m-instruct",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "max_tokens": 32,
+    "temperature": 0
+}))]
+pub struct ChatCompletionRequest {
+    /// Served model name (see `GET /v1/models`).
+    pub model: String,
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Deprecated by OpenAI in favour of `max_completion_tokens`; both work.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<i64>,
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
+    pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub top_p: Option<f64>,
+    pub stop: Option<StopSequences>,
+    pub seed: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub frequency_penalty: Option<f64>,
+    /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
+    pub n: Option<i64>,
+    /// Token id (as a string) to a bias in [-100, 100].
+    pub logit_bias: Option<HashMap<String, f64>>,
+    /// Not supported by this engine: must be absent or false.
+    pub logprobs: Option<bool>,
+    #[schema(minimum = 0, maximum = 0)]
+    pub top_logprobs: Option<i64>,
+    pub response_format: Option<ResponseFormat>,
+    pub user: Option<String>,
+    /// Accepted and ignored (OpenAI storage option).
+    pub store: Option<bool>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// Accepted and ignored.
+    pub service_tier: Option<String>,
+    /// Tool calling is not supported: must be absent or empty.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    System,
+    /// OpenAI's newer name for `system`.
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub role: MessageRole,
+    pub content: Option<MessageContent>,
+    pub name: Option<String>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    pub tool_call_id: Option<String>,
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        #[schema(value_type = Object)]
+        image_url: serde_json::Value,
+    },
+    InputAudio {
+        #[schema(value_type = Object)]
+        input_audio: serde_json::Value,
+    },
+    File {
+        #[schema(value_type = Object)]
+        file: serde_json::Value,
+    },
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopSequences {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices.
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: u64,
+    /// The name the client asked for.
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<serde_json::Value>,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    pub content: Option<String>,
+    pub refusal: Option<String>,
+}
+
+/// One `data:` frame of a streamed completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<ChunkChoice>,
+    /// Present (null until the last chunk) only with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "UsageField::is_omitted")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: UsageField,
+}
+
+/// OpenAI omits `usage` from chunks unless usage was asked for, and then sends
+/// `null` on every chunk but the last.
+#[derive(Debug, Clone)]
+pub enum UsageField {
+    Omitted,
+    Pending,
+    Final(Usage),
+}
+
+impl UsageField {
+    fn is_omitted(&self) -> bool {
+        matches!(self, UsageField::Omitted)
+    }
+}
+
+impl Serialize for UsageField {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            UsageField::Final(usage) => usage.serialize(serializer),
+            _ => serializer.serialize_none(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: ChunkDelta,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ChunkDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelObject {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// Longest prompt plus completion, in tokens.
+    pub max_model_len: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<ModelObject>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthStatus {
+    /// `ok`, or `loading` while the model is not ready.
+    pub status: &'static str,
+}

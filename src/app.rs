@@ -1,0 +1,160 @@
+//! Application assembly. Every request passes, outermost first:
+//! 1. `x-request-id`: echoes the caller's id or assigns one, on every response;
+//! 2. HTTP metrics, labelled by route pattern;
+//! 3. routing: unknown paths get a 404 and wrong methods a 405, both in
+//!    OpenAI's error envelope.
+//!
+//! Unauthenticated routes: all, until tenants and keys arrive.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpRequest, HttpServer, Route, web};
+
+use crate::api::extract::BodyLimit;
+use crate::api::{chat, health, models, openapi};
+use crate::config::Config;
+use crate::engine::{Admission, Engine};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    engine: OnceLock<Arc<dyn Engine>>,
+    pub admission: Admission,
+    pub metrics: web::Data<Metrics>,
+    pub default_max_tokens: Option<usize>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, metrics: web::Data<Metrics>) -> AppState {
+        AppState {
+            engine: OnceLock::new(),
+            admission: Admission::new(&config.admission),
+            metrics,
+            default_max_tokens: config.model.default_max_tokens,
+        }
+    }
+
+    /// Installs the engine once it has loaded; the gateway is ready from then on.
+    pub fn install_engine(&self, engine: Arc<dyn Engine>) {
+        if self.engine.set(engine).is_err() {
+            tracing::warn!("engine installed twice; keeping the first");
+        }
+    }
+
+    pub fn engine(&self) -> Result<Arc<dyn Engine>, ApiError> {
+        self.engine.get().cloned().ok_or(ApiError::NotReady)
+    }
+}
+
+async fn route_not_found(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound {
+        method: request.method().to_string(),
+        path: request.path().to_string(),
+    })
+}
+
+async fn method_not_allowed(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.path().to_string(),
+    })
+}
+
+fn resource(path: &str, route: Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn request_id(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|value| value.len() <= 128)
+        .cloned()
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).ok());
+    let mut response = next.call(request).await?;
+    if let Some(id) = id {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    Ok(response)
+}
+
+pub fn create_app(
+    state: web::Data<AppState>,
+    body_limit: usize,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let metrics = state.metrics.clone();
+    App::new()
+        .app_data(state)
+        .app_data(metrics)
+        .app_data(web::Data::new(BodyLimit(body_limit)))
+        .wrap(from_fn(crate::metrics::track_http))
+        .wrap(from_fn(request_id))
+        .service(resource(
+            "/v1/chat/completions",
+            web::post().to(chat::create_chat_completion),
+        ))
+        .service(resource("/v1/models", web::get().to(models::list_models)))
+        .service(resource(
+            "/v1/models/{model:.*}",
+            web::get().to(models::retrieve_model),
+        ))
+        .service(resource("/health", web::get().to(health::health)))
+        .service(resource("/ready", web::get().to(health::ready)))
+        .service(resource("/metrics", web::get().to(health::metrics)))
+        .service(resource(
+            "/openapi.json",
+            web::get().to(openapi::openapi_json),
+        ))
+        .service(resource("/docs", web::get().to(openapi::docs)))
+        .default_service(web::to(route_not_found))
+}
+
+/// A bound, running HTTP server whose engine may still be loading.
+pub struct Running {
+    pub addresses: Vec<SocketAddr>,
+    pub server: Server,
+    pub state: web::Data<AppState>,
+    pub metrics: web::Data<Metrics>,
+}
+
+/// Binds and starts serving at once (`/health` answers, `/ready` says
+/// loading); the caller loads the engine and installs it.
+pub fn bind(config: &Config) -> std::io::Result<Running> {
+    let metrics = web::Data::new(Metrics::new());
+    let state = web::Data::new(AppState::new(config, metrics.clone()));
+    let app_state = state.clone();
+    let body_limit = config.server.max_body_bytes;
+    let mut server = HttpServer::new(move || create_app(app_state.clone(), body_limit))
+        .on_connect(crate::api::disconnect::remember_socket)
+        .bind(config.server.bind)?;
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let addresses = server.addrs();
+    Ok(Running {
+        addresses,
+        server: server.run(),
+        state,
+        metrics,
+    })
+}

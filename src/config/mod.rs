@@ -1,0 +1,254 @@
+//! Configuration: one TOML file plus `LORAGATE__SECTION__KEY` environment
+//! overrides, parsed strictly and validated once at start-up. Every error names
+//! the offending key.
+
+mod env;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::RawConfig;
+pub use raw::{DeviceKind, LogFormat, ModelDtype, ModelFormat};
+
+/// Prefix of environment variables that override file settings.
+pub const ENV_PREFIX: &str = "LORAGATE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub admission: AdmissionConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub served_name: String,
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub dtype: ModelDtype,
+    pub device: DeviceKind,
+    pub context_length: Option<usize>,
+    pub max_num_seqs: usize,
+    pub prefix_cache_entries: usize,
+    pub default_max_tokens: Option<usize>,
+    pub owned_by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    pub max_in_flight: usize,
+    pub max_queued: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Reads `path`, applies overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml_str(&text, std::env::vars(), base_dir).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text with the given environment; a relative model path is
+    /// resolved against `base_dir` (the config file's folder).
+    pub fn from_toml_str(
+        text: &str,
+        environment: impl IntoIterator<Item = (String, String)>,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut document: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: PathBuf::new(),
+                    message: e.to_string(),
+                })?;
+        env::apply_overrides(&mut document, environment)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(document))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::key(&key, e.into_inner().to_string())
+            })?;
+        validate(raw, base_dir)
+    }
+}
+
+fn expand_path(raw: &str, base_dir: &Path) -> PathBuf {
+    let expanded = match (raw.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(raw),
+    };
+    if expanded.is_absolute() {
+        expanded
+    } else {
+        base_dir.join(expanded)
+    }
+}
+
+fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+    let bind: SocketAddr = raw
+        .server
+        .bind
+        .parse()
+        .map_err(|e| ConfigError::key("server.bind", format!("`{}`: {e}", raw.server.bind)))?;
+    if raw.server.max_body_bytes < 1024 {
+        return Err(ConfigError::key(
+            "server.max_body_bytes",
+            "must be at least 1024",
+        ));
+    }
+
+    let model = raw.model;
+    if model.served_name.trim().is_empty() || model.served_name.contains(char::is_whitespace) {
+        return Err(ConfigError::key(
+            "model.served_name",
+            "must be a non-empty name without spaces",
+        ));
+    }
+    let path = expand_path(&model.path, base_dir);
+    match model.format {
+        ModelFormat::Gguf if !path.is_file() => {
+            return Err(ConfigError::key(
+                "model.path",
+                format!(
+                    "GGUF file {} does not exist (run scripts/fetch-default-model.sh for the default model)",
+                    path.display()
+                ),
+            ));
+        }
+        ModelFormat::Safetensors if !path.join("config.json").is_file() => {
+            return Err(ConfigError::key(
+                "model.path",
+                format!(
+                    "{} is not a model directory with config.json",
+                    path.display()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if model.device == DeviceKind::Cpu && model.dtype == ModelDtype::Bf16 {
+        return Err(ConfigError::key(
+            "model.dtype",
+            "bf16 is not supported on CPU by the engine; use f32 or f16",
+        ));
+    }
+    if model.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
+        return Err(ConfigError::key(
+            "model.device",
+            "cuda requested but this binary was built without the `cuda` feature",
+        ));
+    }
+    if model.context_length == Some(0) {
+        return Err(ConfigError::key("model.context_length", "must be positive"));
+    }
+    if model.max_num_seqs == 0 {
+        return Err(ConfigError::key("model.max_num_seqs", "must be positive"));
+    }
+    if model.default_max_tokens == Some(0) {
+        return Err(ConfigError::key(
+            "model.default_max_tokens",
+            "must be positive",
+        ));
+    }
+
+    let admission = raw.admission;
+    if admission.max_in_flight == 0 {
+        return Err(ConfigError::key(
+            "admission.max_in_flight",
+            "must be positive",
+        ));
+    }
+    if admission.queue_timeout_ms == 0 {
+        return Err(ConfigError::key(
+            "admission.queue_timeout_ms",
+            "must be positive",
+        ));
+    }
+    if raw
+        .logging
+        .level
+        .parse::<tracing_subscriber::EnvFilter>()
+        .is_err()
+    {
+        return Err(ConfigError::key("logging.level", "not a valid log filter"));
+    }
+
+    Ok(Config {
+        server: ServerConfig {
+            bind,
+            max_body_bytes: raw.server.max_body_bytes,
+            workers: raw.server.workers,
+        },
+        model: ModelConfig {
+            served_name: model.served_name,
+            path,
+            format: model.format,
+            dtype: model.dtype,
+            device: model.device,
+            context_length: model.context_length,
+            max_num_seqs: model.max_num_seqs,
+            prefix_cache_entries: model.prefix_cache_entries,
+            default_max_tokens: model.default_max_tokens,
+            owned_by: model.owned_by,
+        },
+        admission: AdmissionConfig {
+            max_in_flight: admission.max_in_flight,
+            max_queued: admission.max_queued,
+            queue_timeout: Duration::from_millis(admission.queue_timeout_ms),
+        },
+        logging: LoggingConfig {
+            level: raw.logging.level,
+            format: raw.logging.format,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! The configuration file as written: every section refuses unknown keys so a
+//! typo is an error at start-up, not a silently ignored setting.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub model: RawModel,
+    #[serde(default)]
+    pub admission: RawAdmission,
+    #[serde(default)]
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// 0 lets actix choose one worker per core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind: default_bind(),
+            max_body_bytes: default_max_body_bytes(),
+            workers: 0,
+        }
+    }
+}
+
+fn default_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// One `.gguf` file with its tokenizer and chat template inside.
+    #[default]
+    Gguf,
+    /// A Hugging Face directory: `config.json`, `tokenizer.json`, `*.safetensors`.
+    Safetensors,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDtype {
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The name clients put in `model`.
+    pub served_name: String,
+    pub path: String,
+    #[serde(default)]
+    pub format: ModelFormat,
+    #[serde(default)]
+    pub dtype: ModelDtype,
+    #[serde(default)]
+    pub device: DeviceKind,
+    /// Caps the context below what the model supports; defaults to the model's.
+    pub context_length: Option<usize>,
+    /// Sequences the engine batches together in one step.
+    #[serde(default = "default_max_num_seqs")]
+    pub max_num_seqs: usize,
+    /// Prompts kept in the prefix cache; 0 disables it.
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache_entries: usize,
+    /// Tokens generated when a request sets no `max_tokens`; the rest of the
+    /// context when absent.
+    pub default_max_tokens: Option<usize>,
+    #[serde(default = "default_owned_by")]
+    pub owned_by: String,
+}
+
+fn default_max_num_seqs() -> usize {
+    16
+}
+
+fn default_prefix_cache() -> usize {
+    16
+}
+
+fn default_owned_by() -> String {
+    "loragate".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    /// Requests generating at once; more wait in the queue.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; more are refused with 503 and `Retry-After`.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// How long a request may wait for a slot before it is refused.
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        RawAdmission {
+            max_in_flight: default_max_in_flight(),
+            max_queued: default_max_queued(),
+            queue_timeout_ms: default_queue_timeout_ms(),
+        }
+    }
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+fn default_max_queued() -> usize {
+    64
+}
+
+fn default_queue_timeout_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}

@@ -1,0 +1,501 @@
+//! The in-process engine: mistral.rs 0.8.1 serving one base model.
+//!
+//! Every request is run as a streaming request inside the engine, even when the
+//! client asked for one JSON body: the engine cancels a streaming sequence as
+//! soon as its receiver is gone, so a client that disconnects stops its
+//! generation either way.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use either::Either;
+use indexmap::IndexMap;
+use mistralrs::core::{RequestMessage, TokenizationRequest};
+use mistralrs::{
+    Constraint, CustomLogitsProcessor, GgufModelBuilder, Model, ModelDType, MultiModelBuilder,
+    NormalRequest, Request, Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
+};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use super::stop::{Scan, StopScanner};
+use super::{
+    Engine, EngineError, EventStream, FinishReason, GenerationEvent, GenerationRequest, ModelCard,
+    OutputConstraint, PromptMessage, TokenUsage,
+};
+use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
+
+pub struct MistralEngine {
+    model: Model,
+    card: ModelCard,
+    /// Tokens the engine actually sampled, counted inside its sampler: the
+    /// ground truth for "did this generation really stop".
+    sampled_tokens: IntCounter,
+}
+
+impl MistralEngine {
+    pub async fn load(
+        config: &ModelConfig,
+        sampled_tokens: IntCounter,
+    ) -> anyhow::Result<MistralEngine> {
+        let served = config.served_name.clone();
+        let builder = MultiModelBuilder::new().with_default_model(&served);
+        let builder = match config.format {
+            ModelFormat::Gguf => builder.add_model_with_alias(&served, gguf_builder(config)?),
+            ModelFormat::Safetensors => {
+                builder.add_model_with_alias(&served, safetensors_builder(config))
+            }
+        };
+        let model = builder.build().await?;
+        let engine_limit = model
+            .max_sequence_length_with_model(Some(&served))
+            .map_err(|e| anyhow::anyhow!("cannot read the model's context length: {e}"))?;
+        let context_length = match (config.context_length, engine_limit) {
+            (Some(wanted), Some(limit)) if wanted > limit => anyhow::bail!(
+                "config key `model.context_length`: {wanted} exceeds the model's maximum of {limit}"
+            ),
+            (Some(wanted), _) => wanted,
+            (None, Some(limit)) => limit,
+            (None, None) => anyhow::bail!(
+                "config key `model.context_length`: the model does not declare one; set it"
+            ),
+        };
+        let vocab_size = probe_vocab_size(&model, &served).await?;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(MistralEngine {
+            model,
+            card: ModelCard {
+                id: served,
+                created,
+                owned_by: config.owned_by.clone(),
+                context_length,
+                vocab_size,
+            },
+            sampled_tokens,
+        })
+    }
+
+    /// The underlying mistral.rs handle, for benchmarks that call it directly.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), EngineError> {
+        if model == self.card.id {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownModel(model.to_string()))
+        }
+    }
+}
+
+/// The vocabulary size is not exposed by mistral.rs; one greedy token with a
+/// processor that looks at the logits' width tells it.
+async fn probe_vocab_size(model: &Model, served: &str) -> anyhow::Result<usize> {
+    let width = Arc::new(AtomicU64::new(0));
+    let seen = width.clone();
+    let probe = move |logits: &Tensor, _context: &[u32]| {
+        let vocab = logits.dims().last().copied().unwrap_or(0);
+        seen.store(vocab as u64, Ordering::Relaxed);
+        Ok(logits.clone())
+    };
+    let (tx, mut rx) = mpsc::channel(4);
+    let request = NormalRequest {
+        logits_processors: Some(vec![Arc::new(probe)]),
+        model_id: Some(served.to_string()),
+        ..NormalRequest::new_simple(
+            RequestMessage::Chat {
+                messages: chat_messages(&[PromptMessage {
+                    role: super::Role::User,
+                    content: "hi".into(),
+                }]),
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            SamplingParams {
+                max_len: Some(1),
+                ..SamplingParams::deterministic()
+            },
+            tx,
+            model.inner().next_request_id(),
+            None,
+            None,
+        )
+    };
+    model
+        .inner()
+        .get_sender(Some(served))?
+        .send(Request::Normal(Box::new(request)))
+        .await
+        .map_err(|_| anyhow::anyhow!("engine stopped during start-up"))?;
+    match rx.recv().await {
+        Some(Response::Done(_)) => {}
+        Some(Response::InternalError(e) | Response::ValidationError(e)) => {
+            anyhow::bail!("the model failed its first generation: {e}")
+        }
+        Some(Response::ModelError(message, _)) => {
+            anyhow::bail!("the model failed its first generation: {message}")
+        }
+        _ => anyhow::bail!("the model gave no answer to its first generation"),
+    }
+    match width.load(Ordering::Relaxed) {
+        0 => anyhow::bail!("could not determine the model's vocabulary size"),
+        vocab => Ok(vocab as usize),
+    }
+}
+
+fn dtype(config: &ModelConfig) -> ModelDType {
+    match config.dtype {
+        ModelDtype::Auto => ModelDType::Auto,
+        ModelDtype::F32 => ModelDType::F32,
+        ModelDtype::F16 => ModelDType::F16,
+        ModelDtype::Bf16 => ModelDType::BF16,
+    }
+}
+
+fn gguf_builder(config: &ModelConfig) -> anyhow::Result<GgufModelBuilder> {
+    let (dir, file) = split_file(&config.path)?;
+    let mut builder = GgufModelBuilder::new(dir, vec![file])
+        .with_max_num_seqs(config.max_num_seqs)
+        .with_prefix_cache_n(prefix_cache(config));
+    if config.device == DeviceKind::Cpu {
+        builder = builder.with_force_cpu();
+    }
+    Ok(builder)
+}
+
+fn safetensors_builder(config: &ModelConfig) -> TextModelBuilder {
+    let mut builder = TextModelBuilder::new(config.path.display())
+        .with_dtype(dtype(config))
+        .with_max_num_seqs(config.max_num_seqs)
+        .with_prefix_cache_n(prefix_cache(config));
+    if config.device == DeviceKind::Cpu {
+        builder = builder.with_force_cpu();
+    }
+    builder
+}
+
+fn prefix_cache(config: &ModelConfig) -> Option<usize> {
+    (config.prefix_cache_entries > 0).then_some(config.prefix_cache_entries)
+}
+
+fn split_file(path: &Path) -> anyhow::Result<(String, String)> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("model path {} has no folder", path.display()))?;
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| anyhow::anyhow!("model path {} has no file name", path.display()))?;
+    Ok((dir.display().to_string(), file.to_string()))
+}
+
+fn chat_messages(messages: &[PromptMessage]) -> Vec<IndexMap<String, mistralrs::MessageContent>> {
+    messages
+        .iter()
+        .map(|message| {
+            let mut entry = IndexMap::new();
+            entry.insert(
+                "role".to_string(),
+                Either::Left(message.role.as_str().to_string()),
+            );
+            entry.insert("content".to_string(), Either::Left(message.content.clone()));
+            entry
+        })
+        .collect()
+}
+
+fn constraint(constraint: &OutputConstraint) -> Constraint {
+    match constraint {
+        OutputConstraint::None => Constraint::None,
+        OutputConstraint::JsonObject => {
+            Constraint::JsonSchema(serde_json::json!({"type": "object"}))
+        }
+        OutputConstraint::JsonSchema(schema) => Constraint::JsonSchema(schema.clone()),
+    }
+}
+
+fn sampling_params(request: &GenerationRequest) -> SamplingParams {
+    let sampling = &request.sampling;
+    SamplingParams {
+        // mistral.rs reads an absent temperature as 1.0 (OpenAI's default) and
+        // anything below 1e-7 as greedy, so 0 must be passed through as 0.
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        frequency_penalty: sampling.frequency_penalty,
+        presence_penalty: sampling.presence_penalty,
+        stop_toks: (!request.stop.is_empty()).then(|| StopTokens::Seqs(request.stop.clone())),
+        max_len: Some(request.max_tokens),
+        n_choices: 1,
+        ..SamplingParams::neutral()
+    }
+}
+
+#[async_trait]
+impl Engine for MistralEngine {
+    fn models(&self) -> Vec<ModelCard> {
+        vec![self.card.clone()]
+    }
+
+    async fn count_prompt_tokens(
+        &self,
+        model: &str,
+        messages: &[PromptMessage],
+    ) -> Result<usize, EngineError> {
+        self.check_model(model)?;
+        let sender = self
+            .model
+            .inner()
+            .get_sender(Some(model))
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let (tx, mut rx) = mpsc::channel(1);
+        let request = Request::Tokenize(TokenizationRequest {
+            text: Either::Left(chat_messages(messages)),
+            tools: None,
+            add_generation_prompt: true,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        });
+        // The engine thread panics if a tokenize reply finds its receiver gone,
+        // so the exchange runs on its own task that a client disconnect cannot cancel.
+        let exchange = tokio::spawn(async move {
+            sender
+                .send(request)
+                .await
+                .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
+            rx.recv()
+                .await
+                .ok_or_else(|| EngineError::Unavailable("engine stopped".into()))?
+                .map_err(|e| EngineError::Rejected(e.to_string()))
+        });
+        let tokens = exchange
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        Ok(tokens.len())
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+        self.check_model(&request.model)?;
+        let sender = self
+            .model
+            .inner()
+            .get_sender(Some(&request.model))
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let request_tokens = Arc::new(AtomicU64::new(0));
+        let tap = SamplerTap {
+            sampled_tokens: self.sampled_tokens.clone(),
+            request_tokens: request_tokens.clone(),
+            logit_bias: request.sampling.logit_bias.clone(),
+            bias_tensor: OnceLock::new(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let normal = NormalRequest {
+            messages: RequestMessage::Chat {
+                messages: chat_messages(&request.messages),
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            sampling_params: sampling_params(&request),
+            response: tx,
+            // Needed for the first token's raw text (see `LeadingSpace`).
+            return_logprobs: true,
+            is_streaming: true,
+            id: self.model.inner().next_request_id(),
+            constraint: constraint(&request.constraint),
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: Some(vec![Arc::new(tap)]),
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: Some(request.model.clone()),
+            truncate_sequence: false,
+        };
+        sender
+            .send(Request::Normal(Box::new(normal)))
+            .await
+            .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
+        let budget = TokenBudget {
+            prompt_tokens: request.prompt_tokens,
+            max_tokens: request.max_tokens,
+            sampled: request_tokens,
+        };
+        Ok(Box::pin(events(rx, StopScanner::new(request.stop), budget)))
+    }
+}
+
+/// Runs inside the engine's sampler for every token of one request.
+/// It counts sampled tokens (so cancellation is observable) and applies
+/// `logit_bias`, which mistral.rs 0.8.1 accepts in `SamplingParams` but
+/// never applies.
+struct SamplerTap {
+    sampled_tokens: IntCounter,
+    /// This request's own count: its completion length, even when the
+    /// engine never sends a final chunk.
+    request_tokens: Arc<AtomicU64>,
+    logit_bias: HashMap<u32, f32>,
+    bias_tensor: OnceLock<Tensor>,
+}
+
+impl CustomLogitsProcessor for SamplerTap {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
+        self.sampled_tokens.inc();
+        self.request_tokens.fetch_add(1, Ordering::Relaxed);
+        if self.logit_bias.is_empty() {
+            return Ok(logits.clone());
+        }
+        let bias = match self.bias_tensor.get() {
+            Some(bias) => bias,
+            None => {
+                let vocab = logits.dims().last().copied().unwrap_or(0);
+                let mut dense = vec![0f32; vocab];
+                for (&token, &value) in &self.logit_bias {
+                    if let Some(slot) = dense.get_mut(token as usize) {
+                        *slot = value;
+                    }
+                }
+                let tensor =
+                    Tensor::from_vec(dense, vocab, logits.device())?.to_dtype(logits.dtype())?;
+                self.bias_tensor.get_or_init(|| tensor)
+            }
+        };
+        logits.broadcast_add(bias)
+    }
+}
+
+/// mistral.rs trims whitespace from the start of the first streamed delta;
+/// the first token's own text (sent with its logprob) shows what was cut.
+#[derive(Default)]
+struct LeadingSpace {
+    restored: bool,
+}
+
+impl LeadingSpace {
+    fn restore(&mut self, delta: String, first_token: Option<&[u8]>) -> String {
+        if self.restored {
+            return delta;
+        }
+        self.restored = true;
+        let raw = first_token.map(String::from_utf8_lossy).unwrap_or_default();
+        let cut: String = raw.chars().take_while(|c| c.is_whitespace()).collect();
+        if cut.is_empty() || delta.starts_with(&cut) {
+            delta
+        } else {
+            cut + &delta
+        }
+    }
+}
+
+/// What the gateway knows about a generation's length independently of the
+/// engine's final chunk.
+struct TokenBudget {
+    prompt_tokens: usize,
+    max_tokens: usize,
+    sampled: Arc<AtomicU64>,
+}
+
+impl TokenBudget {
+    fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.sampled.load(Ordering::Relaxed) as usize,
+        }
+    }
+
+    /// mistral.rs 0.8.1 sends no final chunk when the last token ends inside
+    /// a multi-byte character; it simply drops the sender. Reaching the
+    /// budget explains that; anything else ended the sequence naturally.
+    fn silent_end_reason(&self) -> FinishReason {
+        if self.sampled.load(Ordering::Relaxed) as usize >= self.max_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        }
+    }
+}
+
+fn events(
+    mut rx: mpsc::Receiver<Response>,
+    mut stops: StopScanner,
+    budget: TokenBudget,
+) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
+    async_stream::stream! {
+        let mut leading = LeadingSpace::default();
+        loop {
+            let chunk = match rx.recv().await {
+                Some(Response::Chunk(chunk)) => chunk,
+                Some(Response::ValidationError(e)) => {
+                    yield Err(EngineError::Rejected(e.to_string()));
+                    return;
+                }
+                Some(Response::InternalError(e)) => {
+                    yield Err(EngineError::Internal(e.to_string()));
+                    return;
+                }
+                Some(Response::ModelError(message, _)) => {
+                    yield Err(EngineError::Internal(message));
+                    return;
+                }
+                Some(_) => {
+                    yield Err(EngineError::Internal("unexpected response kind from engine".into()));
+                    return;
+                }
+                None => {
+                    let tail = stops.finish();
+                    if !tail.is_empty() {
+                        yield Ok(GenerationEvent::Delta { text: tail });
+                    }
+                    yield Ok(GenerationEvent::Finished { reason: budget.silent_end_reason(), usage: budget.usage() });
+                    return;
+                }
+            };
+            let engine_usage = chunk.usage.as_ref().map(|u| TokenUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+            for choice in chunk.choices {
+                let raw = choice.logprobs.as_ref().and_then(|l| l.bytes.as_deref());
+                let text = leading.restore(choice.delta.content.unwrap_or_default(), raw);
+                let (text, stopped) = match stops.push(&text) {
+                    Scan::Continue(text) => (text, false),
+                    Scan::Stopped(text) => (text, true),
+                };
+                if !text.is_empty() {
+                    yield Ok(GenerationEvent::Delta { text });
+                }
+                let reason = if stopped {
+                    Some(FinishReason::Stop)
+                } else {
+                    choice.finish_reason.as_deref().map(finish_reason)
+                };
+                if let Some(reason) = reason {
+                    let tail = stops.finish();
+                    if !stopped && !tail.is_empty() {
+                        yield Ok(GenerationEvent::Delta { text: tail });
+                    }
+                    // Cutting at a stop sequence drops the receiver, which cancels
+                    // the sequence before the engine reports usage.
+                    let usage = engine_usage.unwrap_or_else(|| budget.usage());
+                    yield Ok(GenerationEvent::Finished { reason, usage });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn finish_reason(engine_reason: &str) -> FinishReason {
+    match engine_reason {
+        "length" | "model_length" => FinishReason::Length,
+        _ => FinishReason::Stop,
+    }
+}

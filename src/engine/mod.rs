@@ -1,0 +1,151 @@
+//! The seam between HTTP and inference. Only validated requests
+//! ([`GenerationRequest`], built by `api::validate`) cross it; every engine,
+//! in-process or remote, answers with the same stream of [`GenerationEvent`]s.
+//! Dropping that stream cancels the generation.
+
+pub mod admission;
+pub mod mistral;
+mod stop;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+
+pub use admission::{Admission, AdmissionPermit};
+
+/// One message of the prompt, already flattened to plain text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// Output constraint from `response_format`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputConstraint {
+    None,
+    JsonObject,
+    JsonSchema(serde_json::Value),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    /// `Some(0.0)` means greedy.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub logit_bias: HashMap<u32, f32>,
+}
+
+/// A request that passed validation: bounds checked, model resolved, token
+/// budget known to fit the context.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub model: String,
+    pub messages: Vec<PromptMessage>,
+    pub sampling: Sampling,
+    pub max_tokens: usize,
+    /// Prompt length measured during validation.
+    pub prompt_tokens: usize,
+    pub stop: Vec<String>,
+    pub constraint: OutputConstraint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// New text.
+    Delta { text: String },
+    /// The last event of a successful generation.
+    Finished {
+        reason: FinishReason,
+        usage: TokenUsage,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model `{0}` is not served by this engine")]
+    UnknownModel(String),
+    /// The engine refused the request's content (e.g. an unusable constraint).
+    #[error("{0}")]
+    Rejected(String),
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("engine failure: {0}")]
+    Internal(String),
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, EngineError>> + Send>>;
+
+/// What `/v1/models` shows about a served model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub created: u64,
+    pub owned_by: String,
+    pub context_length: usize,
+    /// Valid token ids are `0..vocab_size` (for `logit_bias`).
+    pub vocab_size: usize,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    fn models(&self) -> Vec<ModelCard>;
+
+    fn model(&self, id: &str) -> Option<ModelCard> {
+        self.models().into_iter().find(|card| card.id == id)
+    }
+
+    /// Tokens the prompt occupies once the chat template is applied,
+    /// including the assistant turn's header.
+    async fn count_prompt_tokens(
+        &self,
+        model: &str,
+        messages: &[PromptMessage],
+    ) -> Result<usize, EngineError>;
+
+    /// Starts generating. Dropping the returned stream cancels the generation.
+    async fn generate(&self, request: GenerationRequest) -> Result<EventStream, EngineError>;
+}

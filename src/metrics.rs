@@ -1,0 +1,189 @@
+//! Prometheus metrics. Label values are bounded: routes come from the route
+//! pattern, models from the served set, reasons from fixed enums.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for time to first token, from a fast cached prompt to a long prefill.
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+const REQUEST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
+    pub sampled_tokens: IntCounterVec,
+    pub prompt_tokens: IntCounterVec,
+    pub completion_tokens: IntCounterVec,
+    pub finished: IntCounterVec,
+    pub time_to_first_token: HistogramVec,
+    pub queue_depth: IntGauge,
+    pub admission_rejections: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: T,
+) -> T {
+    // Names are static and unique, so registration cannot fail at run time.
+    if let Err(error) = registry.register(Box::new(collector.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    collector
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("loragate".into()), None).unwrap_or_default();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                )
+                .expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(error) = registry.register(Box::new(process)) {
+                tracing::warn!(%error, "process metrics unavailable");
+            }
+        }
+        Metrics {
+            http_requests: counter(
+                "http_requests_total",
+                "HTTP requests by route pattern, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "HTTP request duration until the response head.",
+                &["route", "method"],
+                REQUEST_BUCKETS,
+            ),
+            http_in_flight: gauge("http_requests_in_flight", "HTTP requests being served."),
+            sampled_tokens: counter(
+                "engine_sampled_tokens_total",
+                "Tokens sampled inside the engine, delivered or not.",
+                &["model"],
+            ),
+            prompt_tokens: counter(
+                "prompt_tokens_total",
+                "Prompt tokens of finished requests.",
+                &["model"],
+            ),
+            completion_tokens: counter(
+                "completion_tokens_total",
+                "Completion tokens of finished requests.",
+                &["model"],
+            ),
+            finished: counter(
+                "requests_finished_total",
+                "Generations by outcome: stop, length, cancelled, error.",
+                &["model", "reason"],
+            ),
+            time_to_first_token: histogram(
+                "time_to_first_token_seconds",
+                "Time from admission to the first generated text.",
+                &["model"],
+                TTFT_BUCKETS,
+            ),
+            queue_depth: gauge(
+                "admission_queue_depth",
+                "Requests waiting for a generation slot.",
+            ),
+            admission_rejections: counter(
+                "admission_rejections_total",
+                "Requests refused by admission control.",
+                &["reason"],
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "metrics encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Counts every request by its route pattern (never the raw path).
+pub async fn track_http(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let metrics = request.app_data::<web::Data<Metrics>>().cloned();
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    if let Some(metrics) = &metrics {
+        metrics.http_in_flight.inc();
+    }
+    let response = next.call(request).await;
+    if let Some(metrics) = &metrics {
+        metrics.http_in_flight.dec();
+        let status = match &response {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(error) => error.as_response_error().status_code().as_u16().to_string(),
+        };
+        let method = bounded_method(&method);
+        metrics
+            .http_requests
+            .with_label_values(&[&route, method, &status])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[&route, method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+fn bounded_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}

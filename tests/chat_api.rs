@@ -1,0 +1,258 @@
+//! The chat and models routes over real HTTP, on the tiny fixture model.
+
+mod common;
+
+use common::{MODEL, TestServer, chat_body, client, sse_data};
+use serde_json::{Value, json};
+
+async fn complete(server: &TestServer, body: &Value) -> Value {
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn stream(server: &TestServer, body: &Value) -> (reqwest::header::HeaderMap, Vec<String>) {
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    (headers, sse_data(&response.text().await.unwrap()))
+}
+
+fn content(completion: &Value) -> String {
+    completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn streamed_text(frames: &[String]) -> String {
+    frames
+        .iter()
+        .filter(|frame| frame.as_str() != "[DONE]")
+        .filter_map(|frame| serde_json::from_str::<Value>(frame).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_streaming_completion_has_openai_shape() {
+    let server = TestServer::start();
+    let completion = complete(&server, &chat_body("Hello there", 12)).await;
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(
+        completion["model"], MODEL,
+        "the response names the requested model, not a path"
+    );
+    assert!(completion["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let choice = &completion["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "length");
+    let usage = &completion["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    // ChatML wrapping of one user turn plus the assistant header, byte tokens.
+    let prompt = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
+    let expected_prompt_tokens =
+        prompt.len() - 2 * ("<|im_start|>".len() - 1) - ("<|im_end|>".len() - 1);
+    assert_eq!(usage["prompt_tokens"], expected_prompt_tokens);
+    assert_eq!(usage["total_tokens"], expected_prompt_tokens + 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn greedy_decoding_is_deterministic() {
+    let server = TestServer::start();
+    let body = chat_body("Tell me a story", 24);
+    let first = content(&complete(&server, &body).await);
+    let second = content(&complete(&server, &body).await);
+    assert!(!first.is_empty());
+    assert_eq!(first, second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_matches_the_non_streamed_text_and_ends_with_done() {
+    let server = TestServer::start();
+    let mut body = chat_body("Stream this please", 16);
+    let expected = content(&complete(&server, &body).await);
+    body["stream"] = json!(true);
+    let (headers, frames) = stream(&server, &body).await;
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["model"], MODEL);
+        assert_eq!(chunk["id"], chunks[0]["id"]);
+        assert!(
+            chunk.get("usage").is_none(),
+            "usage is omitted unless asked for"
+        );
+    }
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(streamed_text(&frames), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn include_usage_adds_a_final_usage_chunk() {
+    let server = TestServer::start();
+    let mut body = chat_body("Count me", 9);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (_, frames) = stream(&server, &body).await;
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let (usage_chunk, content_chunks) = chunks.split_last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 9);
+    let prompt_tokens = usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    assert_eq!(usage_chunk["usage"]["total_tokens"], prompt_tokens + 9);
+    for chunk in content_chunks {
+        assert!(chunk["usage"].is_null(), "earlier chunks carry usage: null");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leading_space_of_the_first_token_is_kept() {
+    let server = TestServer::start();
+    let space = loragate::fixture::byte_token_id(b' ');
+    let mut body = chat_body("Say spaces", 3);
+    body["logit_bias"] = json!({ space.to_string(): 100 });
+    let text = content(&complete(&server, &body).await);
+    assert_eq!(text, "   ", "three space tokens, none trimmed");
+    body["stream"] = json!(true);
+    let (_, frames) = stream(&server, &body).await;
+    let first_content = frames
+        .iter()
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .find(|c| !c.is_empty())
+        .unwrap();
+    assert!(
+        first_content.starts_with(' '),
+        "first streamed chunk keeps its leading space"
+    );
+    assert_eq!(streamed_text(&frames), "   ");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_sequences_cut_the_text_in_both_modes() {
+    let server = TestServer::start();
+    let body = chat_body("Give me text", 40);
+    let full = content(&complete(&server, &body).await);
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 10, "need some text to cut: {full:?}");
+    let stop: String = chars[6..9].iter().collect();
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([stop]);
+    let completion = complete(&server, &stopped).await;
+    assert_eq!(content(&completion), expected);
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    stopped["stream"] = json!(true);
+    let (_, frames) = stream(&server, &stopped).await;
+    assert_eq!(streamed_text(&frames), expected);
+    let last: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_parameters_are_accepted() {
+    let server = TestServer::start();
+    let mut body = chat_body("Be creative", 8);
+    body["temperature"] = json!(0.9);
+    body["top_p"] = json!(0.8);
+    body["presence_penalty"] = json!(0.5);
+    body["frequency_penalty"] = json!(0.5);
+    body["seed"] = json!(42);
+    body["user"] = json!("someone");
+    body["n"] = json!(1);
+    body["max_completion_tokens"] = json!(5);
+    let completion = complete(&server, &body).await;
+    assert_eq!(completion["usage"]["completion_tokens"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_are_listed_and_retrievable() {
+    let server = TestServer::start();
+    let list: Value = client()
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], MODEL);
+    assert_eq!(list["data"][0]["object"], "model");
+    assert_eq!(list["data"][0]["max_model_len"], 2048);
+    let one = client()
+        .get(server.url(&format!("/v1/models/{MODEL}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let missing = client()
+        .get(server.url("/v1/models/org/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_docs_and_request_ids() {
+    let server = TestServer::start();
+    let health = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().contains_key("x-request-id"));
+    let ready = client().get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let echoed = client()
+        .get(server.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123");
+    let docs = client().get(server.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("/v1/chat/completions"));
+    let spec: Value = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/v1/chat/completions"]["post"].is_object());
+}

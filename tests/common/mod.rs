@@ -1,0 +1,179 @@
+//! Test harness: the real gateway, on the tiny fixture model, over real HTTP
+//! on a loopback port.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use loragate::config::Config;
+use loragate::engine::mistral::MistralEngine;
+
+pub const MODEL: &str = "tiny";
+
+/// The tiny model, written once per test binary.
+pub fn tiny_model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("loragate-tiny-{}", std::process::id()));
+        loragate::fixture::write_tiny_llama(&dir, loragate::fixture::DEFAULT_SEED)
+            .expect("fixture model");
+        dir
+    })
+}
+
+pub fn config_text() -> String {
+    format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+workers = 2
+[model]
+served_name = "{MODEL}"
+path = "{}"
+format = "safetensors"
+dtype = "f32"
+max_num_seqs = 8
+[logging]
+level = "warn"
+"#,
+        tiny_model_dir().display()
+    )
+}
+
+pub struct TestServer {
+    pub base: String,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::with(&[])
+    }
+
+    /// Overrides keys (`"admission.max_queued"`) the way the environment
+    /// does in production (`LORAGATE__ADMISSION__MAX_QUEUED`).
+    pub fn with(overrides: &[(&str, &str)]) -> TestServer {
+        let environment = overrides.iter().map(|(key, value)| {
+            (
+                format!("LORAGATE__{}", key.replace('.', "__").to_uppercase()),
+                value.to_string(),
+            )
+        });
+        let config = Config::from_toml_str(&config_text(), environment, Path::new("/"))
+            .expect("test config is valid");
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let running = loragate::app::bind(&config).expect("bind");
+                let counter = running.metrics.sampled_tokens.with_label_values(&[MODEL]);
+                let engine = MistralEngine::load(&config.model, counter)
+                    .await
+                    .expect("tiny model loads");
+                running.state.install_engine(std::sync::Arc::new(engine));
+                sender
+                    .send((running.addresses[0], running.server.handle()))
+                    .expect("report address");
+                let _ = running.server.await;
+            });
+        });
+        let (address, handle) = receiver
+            .recv_timeout(Duration::from_secs(120))
+            .expect("server started");
+        TestServer {
+            base: format!("http://{address}"),
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn address(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let stopper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(handle.stop(false));
+            }
+        });
+        let _ = stopper.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+pub fn chat_body(content: &str, max_tokens: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0
+    })
+}
+
+/// Reads a metric sample (`name{labels}`) from `/metrics`.
+pub async fn metric(server: &TestServer, sample: &str) -> f64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until a metric stops changing for `quiet`, returning its value.
+pub async fn settled_metric(server: &TestServer, sample: &str, quiet: Duration) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = metric(server, sample).await;
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = metric(server, sample).await;
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
