@@ -83,7 +83,11 @@ async fn direct(
                     break;
                 }
             }
-            other => panic!("direct call failed: {other:?}"),
+            Response::InternalError(e) | Response::ValidationError(e) => {
+                panic!("direct call failed: {e}")
+            }
+            Response::ModelError(e, _) => panic!("direct call failed: {e}"),
+            _ => panic!("direct call: unexpected response kind"),
         }
     }
     sample.push(started, first, Instant::now(), tokens);

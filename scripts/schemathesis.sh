@@ -7,8 +7,13 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 BASE_URL=$1
 report="$LORAGATE_CACHE/schemathesis"
+# positive_data_acceptance is left out: whether a schema-valid request can be
+# served depends on run-time facts a static schema cannot state (which model
+# names are served, the model's vocabulary for logit_bias, prompt + max_tokens
+# against the context length). Each such refusal is a documented 400/404.
 "$LORAGATE_VENV/bin/schemathesis" run "$BASE_URL/openapi.json" \
   --checks all \
+  --exclude-checks positive_data_acceptance \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" \
   --seed 20261128 \
   --generation-database none \

@@ -51,10 +51,11 @@ LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
 kill "${pids[-1]}"
 
 log "schemathesis against the live spec on the tiny fixture model"
+# The tiny model is served under the default name so the spec's examples
+# reach a real model instead of stopping at 404.
 tiny="$LORAGATE_CACHE/tiny-model"
 "$LORAGATE_BIN" tiny-model --out "$tiny" >/dev/null
-sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = .*|format = "safetensors"|' \
-    -e 's|^dtype = .*|dtype = "f32"|' -e 's|^served_name = .*|served_name = "tiny"|' \
-    config/default.toml > "$LORAGATE_CACHE/tiny.toml"
+sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = "gguf"|format = "safetensors"|' \
+    -e 's|^dtype = .*|dtype = "f32"|' config/default.toml > "$LORAGATE_CACHE/tiny.toml"
 start_gateway "$LORAGATE_CACHE/tiny.toml"
 bash scripts/schemathesis.sh "$URL"

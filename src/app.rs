@@ -58,17 +58,17 @@ async fn route_not_found(request: HttpRequest) -> Result<actix_web::HttpResponse
     })
 }
 
-async fn method_not_allowed(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed {
-        method: request.method().to_string(),
-        path: request.path().to_string(),
-    })
-}
-
-fn resource(path: &str, route: Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+/// A resource serving one method; any other gets 405 with `Allow`.
+fn resource(path: &str, allowed: &'static str, route: Route) -> actix_web::Resource {
+    web::resource(path).route(route).default_service(web::to(
+        move |request: HttpRequest| async move {
+            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+                method: request.method().to_string(),
+                path: request.path().to_string(),
+                allowed,
+            })
+        },
+    ))
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -111,21 +111,28 @@ pub fn create_app(
         .wrap(from_fn(request_id))
         .service(resource(
             "/v1/chat/completions",
+            "POST",
             web::post().to(chat::create_chat_completion),
         ))
-        .service(resource("/v1/models", web::get().to(models::list_models)))
+        .service(resource(
+            "/v1/models",
+            "GET",
+            web::get().to(models::list_models),
+        ))
         .service(resource(
             "/v1/models/{model:.*}",
+            "GET",
             web::get().to(models::retrieve_model),
         ))
-        .service(resource("/health", web::get().to(health::health)))
-        .service(resource("/ready", web::get().to(health::ready)))
-        .service(resource("/metrics", web::get().to(health::metrics)))
+        .service(resource("/health", "GET", web::get().to(health::health)))
+        .service(resource("/ready", "GET", web::get().to(health::ready)))
+        .service(resource("/metrics", "GET", web::get().to(health::metrics)))
         .service(resource(
             "/openapi.json",
+            "GET",
             web::get().to(openapi::openapi_json),
         ))
-        .service(resource("/docs", web::get().to(openapi::docs)))
+        .service(resource("/docs", "GET", web::get().to(openapi::docs)))
         .default_service(web::to(route_not_found))
 }
 

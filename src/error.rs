@@ -51,8 +51,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Unknown request URL: {method} {path}. Please check the URL and method.")]
     RouteNotFound { method: String, path: String },
-    #[error("Method {method} is not allowed for {path}.")]
-    MethodNotAllowed { method: String, path: String },
+    #[error("Method {method} is not allowed for {path}; use {allowed}.")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
     #[error("The server is at capacity; retry after {retry_after_secs} s.")]
     Overloaded { retry_after_secs: u64 },
     #[error("The model is not loaded yet; retry shortly.")]
@@ -170,6 +174,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Overloaded { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let ApiError::MethodNotAllowed { allowed, .. } = self {
+            response.insert_header((header::ALLOW, *allowed));
         }
         if matches!(self, ApiError::NotReady) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));

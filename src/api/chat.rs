@@ -5,7 +5,7 @@ use crate::api::disconnect::{PeerSocket, client_gone};
 use crate::api::extract::JsonBody;
 use crate::api::sse;
 use crate::api::validate::ValidatedChat;
-use crate::api::wire::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
+use crate::api::wire::{ChatCompletion, ChatCompletionRequest, ChatStreamEvent};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorResponse};
 
@@ -19,7 +19,7 @@ use crate::error::{ApiError, ErrorResponse};
         (status = 200, description = "The completion; with `stream: true`, `text/event-stream` frames `data: <chunk>` ending `data: [DONE]`.",
             content(
                 (ChatCompletion = "application/json"),
-                (ChatCompletionChunk = "text/event-stream"),
+                (ChatStreamEvent = "text/event-stream"),
             )),
         (status = 400, description = "Invalid parameter, or prompt plus `max_tokens` over the context (`context_length_exceeded`).", body = ErrorResponse),
         (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),

@@ -83,7 +83,17 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             };
         }
         let message = strip_position(&inner.to_string());
-        let param = (path != ".").then_some(path.clone());
+        // Unknown fields are reported at their own path, missing ones at
+        // their parent's: name the field either way.
+        let param = match (named_field(&message), path.as_str()) {
+            (Some(field), ".") => Some(field.to_string()),
+            (Some(field), path) if path == field || path.ends_with(&format!(".{field}")) => {
+                Some(path.to_string())
+            }
+            (Some(field), parent) => Some(format!("{parent}.{field}")),
+            (None, ".") => None,
+            (None, path) => Some(path.to_string()),
+        };
         ApiError::InvalidRequest {
             message: match &param {
                 Some(path) => format!("Invalid value for `{path}`: {message}"),
@@ -99,6 +109,17 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         code: None,
     })?;
     Ok(value)
+}
+
+/// serde reports unknown and missing fields at their parent's path; the
+/// field itself is named in the message.
+fn named_field(message: &str) -> Option<&str> {
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            rest.split('`').next()
+        })
 }
 
 /// serde_json appends " at line L column C", which means nothing to a client
@@ -137,9 +158,12 @@ mod tests {
     #[test]
     fn missing_field_and_unknown_field_are_named() {
         let error = error_of(r#"{"model":"m"}"#);
-        assert!(error.message.contains("messages"), "{}", error.message);
+        assert_eq!(error.param.as_deref(), Some("messages"));
         let error = error_of(r#"{"model":"m","messages":[],"temprature":1}"#);
-        assert!(error.message.contains("temprature"), "{}", error.message);
+        assert_eq!(error.param.as_deref(), Some("temprature"));
+        let error =
+            error_of(r#"{"model":"m","messages":[{"role":"user","content":"x","colour":1}]}"#);
+        assert_eq!(error.param.as_deref(), Some("messages[0].colour"));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         wire::ChatCompletionRequest,
         wire::ChatCompletion,
         wire::ChatCompletionChunk,
+        wire::ChatStreamEvent,
         wire::ModelList,
         wire::ModelObject,
         wire::HealthStatus,

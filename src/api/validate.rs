@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use crate::api::wire::{
-    ChatCompletionRequest, ContentPart, MessageContent, MessageRole, ResponseFormat, StopSequences,
+    ChatCompletionRequest, MessageContent, MessageRole, ResponseFormat, ResponseFormatKind,
+    StopSequences,
 };
 use crate::engine::{
     GenerationRequest, ModelCard, OutputConstraint, PromptMessage, Role, Sampling,
@@ -52,26 +53,10 @@ fn positive(param: &str, value: Option<i64>) -> Result<Option<usize>, ApiError> 
     }
 }
 
-fn flatten_content(index: usize, content: Option<MessageContent>) -> Result<String, ApiError> {
-    let param = format!("messages[{index}].content");
+fn flatten_content(content: MessageContent) -> String {
     match content {
-        None => Err(ApiError::invalid(param, "Each message needs `content`.")),
-        Some(MessageContent::Text(text)) => Ok(text),
-        Some(MessageContent::Parts(parts)) => {
-            let mut text = String::new();
-            for (part_index, part) in parts.into_iter().enumerate() {
-                match part {
-                    ContentPart::Text { text: piece } => text.push_str(&piece),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            format!("{param}[{part_index}]"),
-                            "Only `text` content parts are supported by this text-only model.",
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
+        MessageContent::Text(text) => text,
+        MessageContent::Parts(parts) => parts.into_iter().map(|part| part.text).collect(),
     }
 }
 
@@ -84,31 +69,17 @@ fn messages(
             "`messages` must contain at least one message.",
         ));
     }
-    request_messages
+    Ok(request_messages
         .into_iter()
-        .enumerate()
-        .map(|(index, message)| {
-            let role = match message.role {
+        .map(|message| PromptMessage {
+            role: match message.role {
                 MessageRole::System | MessageRole::Developer => Role::System,
                 MessageRole::User => Role::User,
                 MessageRole::Assistant => Role::Assistant,
-                MessageRole::Tool => {
-                    return Err(ApiError::invalid(
-                        format!("messages[{index}].role"),
-                        "Tool messages are not supported: this gateway does not do tool calling.",
-                    ));
-                }
-            };
-            if message.tool_calls.is_some_and(|calls| !calls.is_empty()) {
-                return Err(ApiError::invalid(
-                    format!("messages[{index}].tool_calls"),
-                    "Tool calls are not supported.",
-                ));
-            }
-            let content = flatten_content(index, message.content)?;
-            Ok(PromptMessage { role, content })
+            },
+            content: flatten_content(message.content),
         })
-        .collect()
+        .collect())
 }
 
 fn stop_sequences(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
@@ -158,11 +129,14 @@ fn logit_bias(bias: Option<HashMap<String, f64>>) -> Result<HashMap<u32, f32>, A
 }
 
 fn output_constraint(format: Option<ResponseFormat>) -> Result<OutputConstraint, ApiError> {
-    match format {
-        None | Some(ResponseFormat::Text) => Ok(OutputConstraint::None),
-        Some(ResponseFormat::JsonObject) => Ok(OutputConstraint::JsonObject),
-        Some(ResponseFormat::JsonSchema { json_schema }) => match json_schema.schema {
-            Some(schema) if schema.is_object() => Ok(OutputConstraint::JsonSchema(schema)),
+    let Some(format) = format else {
+        return Ok(OutputConstraint::None);
+    };
+    match format.kind {
+        ResponseFormatKind::Text => Ok(OutputConstraint::None),
+        ResponseFormatKind::JsonObject => Ok(OutputConstraint::JsonObject),
+        ResponseFormatKind::JsonSchema => match format.json_schema.and_then(|f| f.schema) {
+            Some(schema) => Ok(OutputConstraint::JsonSchema(schema.into())),
             _ => Err(ApiError::invalid(
                 "response_format.json_schema.schema",
                 "`response_format.json_schema.schema` must be a JSON Schema object.",
@@ -204,16 +178,6 @@ impl ValidatedChat {
                     "top_logprobs"
                 },
                 "Log probabilities are not supported: the mistral.rs 0.8.1 engine reports wrong values under greedy decoding.",
-            ));
-        }
-        if request
-            .tools
-            .as_ref()
-            .is_some_and(|tools| !tools.is_empty())
-        {
-            return Err(ApiError::invalid(
-                "tools",
-                "Tool calling is not supported by this gateway.",
             ));
         }
         let max_tokens = positive("max_tokens", request.max_tokens)?;

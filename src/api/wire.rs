@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::validate::MAX_STOP_SEQUENCES;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
@@ -16,6 +18,7 @@ use utoipa::ToSchema;
 }))]
 pub struct ChatCompletionRequest {
     /// Served model name (see `GET /v1/models`).
+    #[schema(min_length = 1)]
     pub model: String,
     #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
@@ -30,6 +33,7 @@ pub struct ChatCompletionRequest {
     pub temperature: Option<f64>,
     #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(schema_with = stop_schema)]
     pub stop: Option<StopSequences>,
     pub seed: Option<i64>,
     #[schema(minimum = -2, maximum = 2)]
@@ -42,6 +46,7 @@ pub struct ChatCompletionRequest {
     /// Token id (as a string) to a bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     /// Not supported by this engine: must be absent or false.
+    #[schema(schema_with = false_only_schema)]
     pub logprobs: Option<bool>,
     #[schema(minimum = 0, maximum = 0)]
     pub top_logprobs: Option<i64>,
@@ -49,19 +54,39 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     /// Accepted and ignored (OpenAI storage option).
     pub store: Option<bool>,
-    /// Accepted and ignored.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
+    /// Accepted and ignored (OpenAI's string-to-string tags).
+    pub metadata: Option<HashMap<String, String>>,
     /// Accepted and ignored.
     pub service_tier: Option<String>,
-    /// Tool calling is not supported: must be absent or empty.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tools: Option<Vec<serde_json::Value>>,
-    #[schema(value_type = Option<Object>)]
-    pub tool_choice: Option<serde_json::Value>,
-    pub parallel_tool_calls: Option<bool>,
 }
 
+/// Up to four stop sequences, or one.
+fn stop_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(text())
+        .item(
+            ArrayBuilder::new()
+                .items(text())
+                .max_items(Some(MAX_STOP_SEQUENCES)),
+        )
+        .build()
+        .into()
+}
+
+/// A boolean that may only be `false`: accepted for compatibility, while
+/// `true` asks for something this engine cannot give.
+fn false_only_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+        .enum_values(Some([serde_json::json!(false), serde_json::Value::Null]))
+        .build()
+}
+
+/// Tool messages are not accepted: this gateway does not do tool calling.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageRole {
@@ -70,19 +95,16 @@ pub enum MessageRole {
     Developer,
     User,
     Assistant,
-    Tool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
+    #[serde(deserialize_with = "by_name")]
     pub role: MessageRole,
-    pub content: Option<MessageContent>,
+    pub content: MessageContent,
+    /// Accepted and ignored.
     pub name: Option<String>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tool_calls: Option<Vec<serde_json::Value>>,
-    pub tool_call_id: Option<String>,
-    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -92,24 +114,30 @@ pub enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
+/// Only text parts: the served models are text-only.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ContentPart {
-    Text {
-        text: String,
-    },
-    ImageUrl {
-        #[schema(value_type = Object)]
-        image_url: serde_json::Value,
-    },
-    InputAudio {
-        #[schema(value_type = Object)]
-        input_audio: serde_json::Value,
-    },
-    File {
-        #[schema(value_type = Object)]
-        file: serde_json::Value,
-    },
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    #[serde(rename = "type", deserialize_with = "by_name")]
+    pub kind: ContentPartKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentPartKind {
+    Text,
+}
+
+/// Reads a unit enum only from its name. serde's derived enums also accept
+/// the variant's index (`"role": 0`), which no OpenAI client means.
+fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let name = String::deserialize(deserializer)?;
+    serde_json::from_value(serde_json::Value::String(name)).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -127,11 +155,20 @@ pub struct StreamOptions {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ResponseFormat {
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    #[serde(rename = "type", deserialize_with = "by_name")]
+    pub kind: ResponseFormatKind,
+    /// Required when `type` is `json_schema`.
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatKind {
     Text,
     JsonObject,
-    JsonSchema { json_schema: JsonSchemaFormat },
+    JsonSchema,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -139,7 +176,7 @@ pub struct JsonSchemaFormat {
     pub name: String,
     pub description: Option<String>,
     #[schema(value_type = Option<Object>)]
-    pub schema: Option<serde_json::Value>,
+    pub schema: Option<serde_json::Map<String, serde_json::Value>>,
     pub strict: Option<bool>,
 }
 
@@ -181,7 +218,16 @@ pub struct AssistantMessage {
     pub refusal: Option<String>,
 }
 
-/// One `data:` frame of a streamed completion.
+/// One server-sent event of a streamed completion, as an SSE parser sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatStreamEvent {
+    /// A JSON `ChatCompletionChunk`, an error envelope, or the literal `[DONE]`.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+    pub event: Option<String>,
+}
+
+/// The JSON inside one `data:` frame of a streamed completion.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,

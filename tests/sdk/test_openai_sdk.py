@@ -10,7 +10,10 @@ import pytest
 
 BASE_URL = os.environ["LORAGATE_URL"] + "/v1"
 MODEL = os.environ["LORAGATE_MODEL"]
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 @pytest.fixture(scope="module")
