@@ -2,16 +2,18 @@
 # Property-based API tests: schemathesis generates valid and invalid requests
 # from the live /openapi.json and checks every answer against the spec
 # (no 5xx, declared statuses, content types and schemas).
-# Usage: scripts/schemathesis.sh BASE_URL
+# Usage: scripts/schemathesis.sh BASE_URL TENANT_KEY
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 BASE_URL=$1
+TENANT_KEY=$2
 report="$LORAGATE_CACHE/schemathesis"
 # positive_data_acceptance is left out: whether a schema-valid request can be
 # served depends on run-time facts a static schema cannot state (which model
 # names are served, the model's vocabulary for logit_bias, prompt + max_tokens
 # against the context length). Each such refusal is a documented 400/404.
 "$LORAGATE_VENV/bin/schemathesis" run "$BASE_URL/openapi.json" \
+  --header "Authorization: Bearer $TENANT_KEY" \
   --checks all \
   --exclude-checks positive_data_acceptance \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" \

@@ -47,15 +47,25 @@ cargo test --locked -- --test-threads="${LORAGATE_TEST_THREADS:-2}"
 log "openai SDK end to end on the default model ($MODEL_PATH)"
 start_gateway config/default.toml
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
-  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
 kill "${pids[-1]}"
 
-log "schemathesis against the live spec on the tiny fixture model"
+log "tiny fixture model with tenants: schemathesis, then the SDK against limits"
 # The tiny model is served under the default name so the spec's examples
 # reach a real model instead of stopping at 404.
 tiny="$LORAGATE_CACHE/tiny-model"
 "$LORAGATE_BIN" tiny-model --out "$tiny" >/dev/null
-sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = "gguf"|format = "safetensors"|' \
-    -e 's|^dtype = .*|dtype = "f32"|' config/default.toml > "$LORAGATE_CACHE/tiny.toml"
-start_gateway "$LORAGATE_CACHE/tiny.toml"
-bash scripts/schemathesis.sh "$URL"
+new_key() { # prints "KEY HASH" for a new key of tenant $1
+  "$LORAGATE_BIN" keys create --tenant "$1" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
+}
+read -r schema_key schema_hash < <(new_key schema)
+read -r sdk_key sdk_hash < <(new_key sdk)
+{ sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = "gguf"|format = "safetensors"|' \
+      -e 's|^dtype = .*|dtype = "f32"|' -e 's|^enabled = false|enabled = true|' config/default.toml
+  printf '\n[[tenants]]\nid = "schema"\napi_keys = ["%s"]\n' "$schema_hash"
+  printf '\n[[tenants]]\nid = "sdk"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 3\n' "$sdk_hash"
+} > "$LORAGATE_CACHE/tiny-tenants.toml"
+start_gateway "$LORAGATE_CACHE/tiny-tenants.toml"
+bash scripts/schemathesis.sh "$URL" "$schema_key"
+LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct LORAGATE_TENANT_KEY="$sdk_key" \
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_tenancy_sdk.py

@@ -4,7 +4,9 @@
 //! 3. routing: unknown paths get a 404 and wrong methods a 405, both in
 //!    OpenAI's error envelope.
 //!
-//! Unauthenticated routes: all, until tenants and keys arrive.
+//! Authentication is not a layer: each handler names the caller it needs in
+//! its extractor (`TenantCaller`, `AdminCaller`, see `auth`). Unauthenticated
+//! routes: `/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -16,27 +18,48 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpRequest, HttpServer, Route, web};
 
 use crate::api::extract::BodyLimit;
-use crate::api::{chat, health, models, openapi};
+use crate::api::{admin, chat, health, models, openapi};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Admission, Engine};
 use crate::error::ApiError;
+use crate::metering::UsageMeter;
 use crate::metrics::Metrics;
+use crate::ratelimit::{GuardedLimiter, RedisHandle};
 
 pub struct AppState {
     engine: OnceLock<Arc<dyn Engine>>,
     pub admission: Admission,
-    pub metrics: web::Data<Metrics>,
+    pub auth: Authenticator,
+    pub limiter: Arc<GuardedLimiter>,
+    pub meter: Arc<UsageMeter>,
+    pub metrics: Arc<Metrics>,
     pub default_max_tokens: Option<usize>,
 }
 
 impl AppState {
-    pub fn new(config: &Config, metrics: web::Data<Metrics>) -> AppState {
-        AppState {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<AppState> {
+        let redis = config
+            .redis
+            .as_ref()
+            .map(|redis| RedisHandle::new(redis).map(Arc::new))
+            .transpose()?;
+        let limiter =
+            GuardedLimiter::new(redis.clone().zip(config.redis.as_ref()), metrics.clone());
+        if !config.auth.enabled {
+            tracing::warn!(
+                "authentication is disabled: every caller is the anonymous tenant and an admin"
+            );
+        }
+        Ok(AppState {
             engine: OnceLock::new(),
             admission: Admission::new(&config.admission),
+            auth: Authenticator::new(config)?,
+            limiter: Arc::new(limiter),
+            meter: Arc::new(UsageMeter::new(redis, metrics.clone())),
             metrics,
             default_max_tokens: config.model.default_max_tokens,
-        }
+        })
     }
 
     /// Installs the engine once it has loaded; the gateway is ready from then on.
@@ -102,7 +125,7 @@ pub fn create_app(
         InitError = (),
     >,
 > {
-    let metrics = state.metrics.clone();
+    let metrics = web::Data::from(state.metrics.clone());
     App::new()
         .app_data(state)
         .app_data(metrics)
@@ -133,6 +156,11 @@ pub fn create_app(
             web::get().to(openapi::openapi_json),
         ))
         .service(resource("/docs", "GET", web::get().to(openapi::docs)))
+        .service(resource(
+            "/admin/v1/tenants/{tenant}/usage",
+            "GET",
+            web::get().to(admin::tenant_usage),
+        ))
         .default_service(web::to(route_not_found))
 }
 
@@ -141,14 +169,14 @@ pub struct Running {
     pub addresses: Vec<SocketAddr>,
     pub server: Server,
     pub state: web::Data<AppState>,
-    pub metrics: web::Data<Metrics>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Binds and starts serving at once (`/health` answers, `/ready` says
 /// loading); the caller loads the engine and installs it.
-pub fn bind(config: &Config) -> std::io::Result<Running> {
-    let metrics = web::Data::new(Metrics::new());
-    let state = web::Data::new(AppState::new(config, metrics.clone()));
+pub fn bind(config: &Config) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let state = web::Data::new(AppState::new(config, metrics.clone())?);
     let app_state = state.clone();
     let body_limit = config.server.max_body_bytes;
     let mut server = HttpServer::new(move || create_app(app_state.clone(), body_limit))

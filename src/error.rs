@@ -8,6 +8,10 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use std::time::Duration;
+
+use crate::ratelimit::{LimitKind, RateSnapshot};
+
 /// OpenAI's error object, as the official SDKs parse it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -63,6 +67,21 @@ pub enum ApiError {
     NotReady,
     #[error("The inference engine failed to process the request (reference {reference}).")]
     Engine { reference: String },
+    #[error("Tenant `{0}` does not exist.")]
+    TenantNotFound(String),
+    #[error("{message}")]
+    Unauthorized { message: String },
+    #[error("{message}")]
+    Forbidden { message: String },
+    #[error("{message}")]
+    RateLimited {
+        kind: LimitKind,
+        retry_after: Option<Duration>,
+        snapshot: RateSnapshot,
+        message: String,
+    },
+    #[error("Rate limits cannot be checked right now; retry shortly.")]
+    LimiterUnavailable,
     /// The client went away; nobody reads this answer.
     #[error("The client closed the connection before the answer was ready.")]
     ClientClosed,
@@ -105,7 +124,16 @@ impl ApiError {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::RouteNotFound { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
-            ApiError::Overloaded { .. }
+            ApiError::Unauthorized { .. }
+            | ApiError::Forbidden { .. }
+            | ApiError::TenantNotFound(_) => "invalid_request_error",
+            // OpenAI names the exhausted limit in `type`.
+            ApiError::RateLimited { kind, .. } => match kind {
+                LimitKind::Tokens => "tokens",
+                LimitKind::Requests | LimitKind::Concurrency => "requests",
+            },
+            ApiError::LimiterUnavailable
+            | ApiError::Overloaded { .. }
             | ApiError::NotReady
             | ApiError::Engine { .. }
             | ApiError::ClientClosed => "server_error",
@@ -133,6 +161,11 @@ impl ApiError {
             ApiError::NotReady => Some("model_not_ready"),
             ApiError::Engine { .. } => Some("engine_error"),
             ApiError::ClientClosed => Some("client_closed_request"),
+            ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::TenantNotFound(_) => Some("tenant_not_found"),
+            ApiError::Forbidden { .. } => Some("insufficient_permissions"),
+            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
         }
     }
 
@@ -163,7 +196,13 @@ impl ResponseError for ApiError {
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::TenantNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             // nginx's 499: recorded in metrics, never read by the departed client.
             ApiError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -178,7 +217,24 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             response.insert_header((header::ALLOW, *allowed));
         }
-        if matches!(self, ApiError::NotReady) {
+        if let ApiError::RateLimited {
+            retry_after,
+            snapshot,
+            ..
+        } = self
+        {
+            if let Some(wait) = retry_after {
+                response.insert_header((
+                    header::RETRY_AFTER,
+                    wait.as_secs_f64().ceil().max(1.0).to_string(),
+                ));
+                response.insert_header(("retry-after-ms", wait.as_millis().to_string()));
+            }
+            for (name, value) in snapshot.headers() {
+                response.insert_header((name, value));
+            }
+        }
+        if matches!(self, ApiError::NotReady | ApiError::LimiterUnavailable) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         response.json(self.body())

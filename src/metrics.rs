@@ -32,6 +32,10 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub queue_depth: IntGauge,
     pub admission_rejections: IntCounterVec,
+    pub ratelimit_rejections: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    pub limiter_fallbacks: IntCounterVec,
+    pub auth_failures: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -120,6 +124,26 @@ impl Metrics {
             admission_rejections: counter(
                 "admission_rejections_total",
                 "Requests refused by admission control.",
+                &["reason"],
+            ),
+            ratelimit_rejections: counter(
+                "ratelimit_rejections_total",
+                "Requests refused by a tenant limit.",
+                &["tenant", "limit"],
+            ),
+            redis_errors: counter(
+                "redis_errors_total",
+                "Failed or timed-out Redis operations.",
+                &["operation"],
+            ),
+            limiter_fallbacks: counter(
+                "ratelimit_redis_fallbacks_total",
+                "Limit decisions taken without Redis, by policy (fail_open, fail_closed).",
+                &["policy"],
+            ),
+            auth_failures: counter(
+                "auth_failures_total",
+                "Refused credentials by reason.",
                 &["reason"],
             ),
             registry,

@@ -1,3 +1,4 @@
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::api::completion;
@@ -7,6 +8,7 @@ use crate::api::sse;
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{ChatCompletion, ChatCompletionRequest, ChatStreamEvent};
 use crate::app::AppState;
+use crate::auth::TenantCaller;
 use crate::error::{ApiError, ErrorResponse};
 
 /// Creates a chat completion, as one JSON body or as server-sent events.
@@ -15,12 +17,16 @@ use crate::error::{ApiError, ErrorResponse};
     path = "/v1/chat/completions",
     tag = "chat",
     request_body = ChatCompletionRequest,
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The completion; with `stream: true`, `text/event-stream` frames `data: <chunk>` ending `data: [DONE]`.",
             content(
                 (ChatCompletion = "application/json"),
                 (ChatStreamEvent = "text/event-stream"),
             )),
+        (status = 401, description = "Missing or invalid API key or token (`invalid_api_key`).", body = ErrorResponse),
+        (status = 403, description = "Credentials without tenant scope.", body = ErrorResponse),
+        (status = 429, description = "A tenant limit is exhausted (`rate_limit_exceeded`); see `Retry-After` and `x-ratelimit-*`.", body = ErrorResponse),
         (status = 400, description = "Invalid parameter, or prompt plus `max_tokens` over the context (`context_length_exceeded`).", body = ErrorResponse),
         (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
         (status = 413, description = "Body over the configured size cap.", body = ErrorResponse),
@@ -30,6 +36,7 @@ use crate::error::{ApiError, ErrorResponse};
 )]
 pub async fn create_chat_completion(
     request: HttpRequest,
+    caller: TenantCaller,
     state: web::Data<AppState>,
     body: JsonBody<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,16 +44,26 @@ pub async fn create_chat_completion(
     let stream = chat.stream;
     let peer = PeerSocket::of(&request);
     let generation = tokio::select! {
-        started = completion::start(&state, chat) => started?,
+        started = completion::start(&state, &caller.0, chat) => started?,
         () = client_gone(peer) => return Err(ApiError::ClientClosed),
     };
-    if stream {
+    let rate_headers = generation.rate.headers();
+    let mut response = if stream {
         // A streaming body notices a departed client on its next write.
-        return Ok(sse::respond(generation));
+        sse::respond(generation)
+    } else {
+        tokio::select! {
+            completion = generation.collect() => HttpResponse::Ok().json(completion?),
+            // Dropping the generation here cancels it in the engine.
+            () = client_gone(peer) => return Err(ApiError::ClientClosed),
+        }
+    };
+    for (name, value) in rate_headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
     }
-    tokio::select! {
-        completion = generation.collect() => Ok(HttpResponse::Ok().json(completion?)),
-        // Dropping the generation here cancels it in the engine.
-        () = client_gone(peer) => Err(ApiError::ClientClosed),
-    }
+    Ok(response)
 }

@@ -6,17 +6,21 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
+use crate::api::accounting::{Outcome, Settlement};
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, ChunkDelta,
     Usage, UsageField,
 };
 use crate::app::AppState;
+use crate::auth::Tenant;
 use crate::engine::admission::AdmissionError;
 use crate::engine::{
-    AdmissionPermit, EngineError, EventStream, FinishReason, GenerationEvent, TokenUsage,
+    AdmissionPermit, EngineError, EventStream, FinishReason, GenerationEvent, GenerationStream,
+    TokenUsage,
 };
 use crate::error::ApiError;
+use crate::ratelimit::{Decision, LimitKind, RateSnapshot};
 
 /// A generation that has produced its first event: from here on, failures
 /// are reported inside the answer rather than as an HTTP status.
@@ -26,57 +30,13 @@ pub struct Generation {
     /// The name the client asked for, echoed back in every answer.
     pub model: String,
     pub include_usage: bool,
+    /// The tenant's limits after this request was admitted.
+    pub rate: RateSnapshot,
     first: Option<Result<GenerationEvent, EngineError>>,
     events: EventStream,
     outcome: Outcome,
+    settlement: Settlement,
     _permit: AdmissionPermit,
-}
-
-/// Records how the generation ended, once, when it is dropped: finished,
-/// failed, or abandoned by a client that went away.
-struct Outcome {
-    metrics: actix_web::web::Data<crate::metrics::Metrics>,
-    model: String,
-    started: Instant,
-    first_text_seen: bool,
-    ended: Option<&'static str>,
-}
-
-impl Outcome {
-    fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
-        match event {
-            Ok(GenerationEvent::Delta { text }) if !text.is_empty() && !self.first_text_seen => {
-                self.first_text_seen = true;
-                self.metrics
-                    .time_to_first_token
-                    .with_label_values(&[&self.model])
-                    .observe(self.started.elapsed().as_secs_f64());
-            }
-            Ok(GenerationEvent::Finished { reason, usage }) => {
-                self.ended = Some(reason.as_str());
-                self.metrics
-                    .prompt_tokens
-                    .with_label_values(&[&self.model])
-                    .inc_by(usage.prompt_tokens as u64);
-                self.metrics
-                    .completion_tokens
-                    .with_label_values(&[&self.model])
-                    .inc_by(usage.completion_tokens as u64);
-            }
-            Err(_) => self.ended = Some("error"),
-            Ok(_) => {}
-        }
-    }
-}
-
-impl Drop for Outcome {
-    fn drop(&mut self) {
-        let reason = self.ended.unwrap_or("cancelled");
-        self.metrics
-            .finished
-            .with_label_values(&[&self.model, reason])
-            .inc();
-    }
 }
 
 fn unix_now() -> u64 {
@@ -98,13 +58,87 @@ fn engine_error(error: EngineError) -> ApiError {
     }
 }
 
-/// Admits, measures and starts one generation, waiting for its first event so
-/// that an engine that refuses the request still yields a proper status.
-pub async fn start(state: &AppState, chat: ValidatedChat) -> Result<Generation, ApiError> {
+fn rate_limited(
+    state: &AppState,
+    tenant: &Tenant,
+    decision: Decision,
+    wanted_tokens: u64,
+) -> Result<RateSnapshot, ApiError> {
+    let (kind, retry_after, snapshot) = match decision {
+        Decision::Admitted(snapshot) => return Ok(snapshot),
+        Decision::Refused {
+            kind,
+            retry_after,
+            snapshot,
+        } => (kind, retry_after, snapshot),
+    };
+    state
+        .metrics
+        .ratelimit_rejections
+        .with_label_values(&[&tenant.id, kind.as_str()])
+        .inc();
+    let message = match (kind, retry_after) {
+        (LimitKind::Tokens, None) => format!(
+            "Request too large: it needs {wanted_tokens} tokens (prompt plus max_tokens) but the limit is {} tokens per minute. Reduce max_tokens or the prompt.",
+            tenant.limits.tokens_per_minute.unwrap_or(0)
+        ),
+        (kind, wait) => {
+            let (limit, unit) = match kind {
+                LimitKind::Requests => (tenant.limits.requests_per_minute, "requests per minute"),
+                LimitKind::Tokens => (tenant.limits.tokens_per_minute, "tokens per minute"),
+                LimitKind::Concurrency => (tenant.limits.max_concurrent, "concurrent requests"),
+            };
+            format!(
+                "Rate limit reached for tenant {} on {unit}: limit {}. Please try again in {}.",
+                tenant.id,
+                limit.unwrap_or(0),
+                crate::ratelimit::openai_duration(wait.unwrap_or_default())
+            )
+        }
+    };
+    Err(ApiError::RateLimited {
+        kind,
+        retry_after,
+        snapshot,
+        message,
+    })
+}
+
+/// Checks the tenant's access and limits, measures the prompt, admits and
+/// starts one generation, waiting for its first event so that an engine that
+/// refuses the request still yields a proper status.
+pub async fn start(
+    state: &AppState,
+    tenant: &Tenant,
+    chat: ValidatedChat,
+) -> Result<Generation, ApiError> {
     let engine = state.engine()?;
+    // A model the tenant may not use is reported exactly like one that does not exist.
     let card = engine
         .model(&chat.model)
+        .filter(|_| tenant.models.allows(&chat.model))
         .ok_or_else(|| ApiError::ModelNotFound(chat.model.clone()))?;
+    let prompt_tokens = engine
+        .count_prompt_tokens(&card.id, &chat.messages)
+        .await
+        .map_err(engine_error)?;
+    let model = chat.model.clone();
+    let include_usage = chat.include_usage;
+    let request = chat.into_generation(&card, prompt_tokens, state.default_max_tokens)?;
+    let wanted_tokens = (prompt_tokens + request.max_tokens) as u64;
+    let (decision, reservation) = state
+        .limiter
+        .acquire(&tenant.id, &tenant.limits, wanted_tokens)
+        .await
+        .map_err(|_| ApiError::LimiterUnavailable)?;
+    let rate = rate_limited(state, tenant, decision, wanted_tokens)?;
+    let mut settlement = Settlement::new(
+        reservation,
+        state.meter.clone(),
+        &tenant.id,
+        &card.id,
+        prompt_tokens,
+    );
     let permit = {
         state.metrics.queue_depth.inc();
         let admitted = state.admission.admit().await;
@@ -125,41 +159,30 @@ pub async fn start(state: &AppState, chat: ValidatedChat) -> Result<Generation, 
         })?
     };
     let started = Instant::now();
-    let prompt_tokens = engine
-        .count_prompt_tokens(&card.id, &chat.messages)
-        .await
-        .map_err(engine_error)?;
-    let model = chat.model.clone();
-    let include_usage = chat.include_usage;
-    let request = chat.into_generation(&card, prompt_tokens, state.default_max_tokens)?;
-    let mut events = engine.generate(request).await.map_err(engine_error)?;
-    let mut outcome = Outcome {
-        metrics: state.metrics.clone(),
-        model: card.id.clone(),
-        started,
-        first_text_seen: false,
-        ended: None,
-    };
+    let GenerationStream {
+        mut events,
+        progress,
+    } = engine.generate(request).await.map_err(engine_error)?;
+    settlement.generating(progress);
+    let mut outcome = Outcome::new(state.metrics.clone(), &card.id, started);
     let first = events.next().await;
-    let first = match first {
-        Some(Err(error)) => {
-            outcome.ended = Some("error");
-            return Err(engine_error(error));
-        }
-        Some(event) => {
-            outcome.observe(&event);
-            Some(event)
-        }
-        None => None,
-    };
+    if let Some(event) = &first {
+        outcome.observe(event);
+        settlement.observe(event);
+    }
+    if let Some(Err(error)) = first {
+        return Err(engine_error(error));
+    }
     Ok(Generation {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: unix_now(),
         model,
         include_usage,
+        rate,
         first,
         events,
         outcome,
+        settlement,
         _permit: permit,
     })
 }
@@ -173,6 +196,7 @@ impl Generation {
         };
         if let Some(event) = &event {
             self.outcome.observe(event);
+            self.settlement.observe(event);
         }
         event
     }

@@ -1,5 +1,7 @@
 //! OpenAI-compatible routes and their wire types.
 
+pub mod accounting;
+pub mod admin;
 pub mod chat;
 pub mod completion;
 pub mod disconnect;

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
 
-use crate::api::{chat, health, models, wire};
+use crate::api::{admin, chat, health, models, wire};
 use crate::error::{ErrorBody, ErrorResponse};
 
 #[derive(OpenApi)]
@@ -24,6 +24,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         health::metrics,
         openapi_json,
         docs,
+        admin::tenant_usage,
     ),
     components(schemas(
         ErrorResponse,
@@ -40,9 +41,30 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "chat", description = "OpenAI chat completions"),
         (name = "models", description = "Served models"),
         (name = "operations", description = "Probes and metrics"),
-    )
+        (name = "admin", description = "Tenant administration (admin scope)"),
+    ),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` scheme the routes' `security` refers to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A tenant or admin API key (`lg-…`), or a JWT"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The spec as committed in `openapi.json` (pretty JSON, trailing newline).
 pub fn spec_json() -> String {

@@ -4,6 +4,7 @@
 
 mod env;
 mod raw;
+mod tenancy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,10 @@ use std::time::Duration;
 
 use raw::RawConfig;
 pub use raw::{DeviceKind, LogFormat, ModelDtype, ModelFormat};
+pub use tenancy::{
+    AuthConfig, JwtAlgorithm, JwtConfig, KeyHash, Limits, ModelAccess, RedisConfig,
+    RedisFailurePolicy, TenantConfig, valid_tenant_id,
+};
 
 /// Prefix of environment variables that override file settings.
 pub const ENV_PREFIX: &str = "LORAGATE__";
@@ -43,6 +48,10 @@ pub struct Config {
     pub model: ModelConfig,
     pub admission: AdmissionConfig,
     pub logging: LoggingConfig,
+    pub auth: AuthConfig,
+    /// Absent: rate limits and usage are kept in this process only.
+    pub redis: Option<RedisConfig>,
+    pub tenants: Vec<TenantConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +128,7 @@ impl Config {
     }
 }
 
-fn expand_path(raw: &str, base_dir: &Path) -> PathBuf {
+pub(crate) fn expand_path(raw: &str, base_dir: &Path) -> PathBuf {
     let expanded = match (raw.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(raw),
@@ -211,6 +220,9 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             "must be positive",
         ));
     }
+    let auth = tenancy::auth(raw.auth, base_dir)?;
+    let redis = raw.redis.map(tenancy::redis).transpose()?;
+    let tenants = tenancy::tenants(raw.tenants, &auth.admin_keys)?;
     if raw
         .logging
         .level
@@ -247,6 +259,9 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             level: raw.logging.level,
             format: raw.logging.format,
         },
+        auth,
+        redis,
+        tenants,
     })
 }
 

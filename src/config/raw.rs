@@ -13,6 +13,11 @@ pub struct RawConfig {
     pub admission: RawAdmission,
     #[serde(default)]
     pub logging: RawLogging,
+    #[serde(default)]
+    pub auth: RawAuth,
+    pub redis: Option<RawRedis>,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,4 +181,128 @@ impl Default for RawLogging {
 
 fn default_level() -> String {
     "info".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `false` opens every route to anyone (local development only).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// API keys with admin scope, as `sha256:<hex>` hashes.
+    #[serde(default)]
+    pub admin_api_keys: Vec<String>,
+    pub jwt: Option<RawJwt>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            enabled: true,
+            admin_api_keys: Vec::new(),
+            jwt: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// The only algorithms accepted; a token with any other `alg` is refused.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Environment variable holding the HS256 secret.
+    pub hs256_secret_env: Option<String>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256).
+    pub public_key_pem: Option<String>,
+    /// A JWKS document; keys are chosen by the token's `kid`.
+    pub jwks_file: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailurePolicy {
+    /// Keep serving with a per-process limiter while Redis is unreachable.
+    FailOpen,
+    /// Refuse limited requests with 503 while Redis is unreachable.
+    FailClosed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_failure_policy")]
+    pub on_failure: RedisFailurePolicy,
+    /// Longest wait for one Redis round trip before it counts as a failure.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Concurrency slots expire after this long unless renewed, so a
+    /// crashed gateway does not hold them forever.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+}
+
+fn default_key_prefix() -> String {
+    "loragate".into()
+}
+
+fn default_failure_policy() -> RedisFailurePolicy {
+    RedisFailurePolicy::FailOpen
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    250
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    pub name: Option<String>,
+    /// `sha256:<hex>` hashes of the tenant's API keys (`loragate keys create`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Served model names the tenant may use; `"*"` for all.
+    #[serde(default = "default_all_models")]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+fn default_all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub requests_per_minute: Option<u64>,
+    /// Prompt plus completion tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
 }

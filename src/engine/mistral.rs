@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 
 use super::stop::{Scan, StopScanner};
 use super::{
-    Engine, EngineError, EventStream, FinishReason, GenerationEvent, GenerationRequest, ModelCard,
-    OutputConstraint, PromptMessage, TokenUsage,
+    Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
+    ModelCard, OutputConstraint, PromptMessage, TokenUsage,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
 
@@ -283,7 +283,7 @@ impl Engine for MistralEngine {
         Ok(tokens.len())
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         self.check_model(&request.model)?;
         let sender = self
             .model
@@ -327,9 +327,12 @@ impl Engine for MistralEngine {
         let budget = TokenBudget {
             prompt_tokens: request.prompt_tokens,
             max_tokens: request.max_tokens,
-            sampled: request_tokens,
+            sampled: request_tokens.clone(),
         };
-        Ok(Box::pin(events(rx, StopScanner::new(request.stop), budget)))
+        Ok(GenerationStream {
+            events: Box::pin(events(rx, StopScanner::new(request.stop), budget)),
+            progress: request_tokens,
+        })
     }
 }
 

@@ -9,6 +9,8 @@ mod stop;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use futures_util::Stream;
@@ -119,6 +121,13 @@ pub enum EngineError {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, EngineError>> + Send>>;
 
+/// A started generation: its events, and its completion tokens so far
+/// (what an aborted request is charged).
+pub struct GenerationStream {
+    pub events: EventStream,
+    pub progress: Arc<AtomicU64>,
+}
+
 /// What `/v1/models` shows about a served model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelCard {
@@ -147,5 +156,5 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<usize, EngineError>;
 
     /// Starts generating. Dropping the returned stream cancels the generation.
-    async fn generate(&self, request: GenerationRequest) -> Result<EventStream, EngineError>;
+    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError>;
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -24,7 +26,14 @@ pub fn tiny_model_dir() -> &'static Path {
     })
 }
 
-pub fn config_text() -> String {
+/// The test configuration; `extra` holds whole sections (`[auth]`,
+/// `[redis]`, `[[tenants]]`); without them authentication is off.
+pub fn config_text(extra: &str) -> String {
+    let extra = if extra.is_empty() {
+        "[auth]\nenabled = false\n"
+    } else {
+        extra
+    };
     format!(
         r#"
 [server]
@@ -38,6 +47,7 @@ dtype = "f32"
 max_num_seqs = 8
 [logging]
 level = "warn"
+{extra}
 "#,
         tiny_model_dir().display()
     )
@@ -57,13 +67,17 @@ impl TestServer {
     /// Overrides keys (`"admission.max_queued"`) the way the environment
     /// does in production (`LORAGATE__ADMISSION__MAX_QUEUED`).
     pub fn with(overrides: &[(&str, &str)]) -> TestServer {
+        TestServer::with_toml("", overrides)
+    }
+
+    pub fn with_toml(extra: &str, overrides: &[(&str, &str)]) -> TestServer {
         let environment = overrides.iter().map(|(key, value)| {
             (
                 format!("LORAGATE__{}", key.replace('.', "__").to_uppercase()),
                 value.to_string(),
             )
         });
-        let config = Config::from_toml_str(&config_text(), environment, Path::new("/"))
+        let config = Config::from_toml_str(&config_text(extra), environment, Path::new("/"))
             .expect("test config is valid");
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -176,4 +190,20 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .filter_map(|frame| frame.strip_prefix("data: "))
         .map(str::to_string)
         .collect()
+}
+
+/// A key and the config line that accepts it.
+pub fn new_key() -> (String, String) {
+    let key = loragate::auth::keys::generate_key();
+    let hash = loragate::config::KeyHash::of_key(&key).to_config_string();
+    (key, hash)
+}
+
+/// A Redis key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("loragate-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn authed(request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+    request.header("authorization", format!("Bearer {key}"))
 }

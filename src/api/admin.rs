@@ -1,0 +1,42 @@
+//! Admin routes (admin scope only).
+
+use actix_web::{HttpResponse, web};
+
+use crate::app::AppState;
+use crate::auth::AdminCaller;
+use crate::error::{ApiError, ErrorResponse};
+use crate::metering::UsageReport;
+
+/// A tenant's usage per model: the last hour and today (UTC).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/tenants/{tenant}/usage",
+    tag = "admin",
+    params(("tenant" = String, Path, description = "Tenant id from the configuration.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UsageReport),
+        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
+        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        (status = 404, description = "No such tenant (`tenant_not_found`).", body = ErrorResponse),
+        (status = 503, description = "The usage store is unreachable.", body = ErrorResponse),
+    )
+)]
+pub async fn tenant_usage(
+    _admin: AdminCaller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = path.into_inner();
+    let known =
+        state.auth.tenant(&tenant).is_some() || (!state.auth.enabled() && tenant == "anonymous");
+    if !known {
+        return Err(ApiError::TenantNotFound(tenant));
+    }
+    let report = state
+        .meter
+        .report(&tenant)
+        .await
+        .map_err(|_| ApiError::LimiterUnavailable)?;
+    Ok(HttpResponse::Ok().json(report))
+}
