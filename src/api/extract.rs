@@ -138,8 +138,7 @@ mod tests {
 
     fn error_of(body: &str) -> crate::error::ErrorBody {
         parse::<ChatCompletionRequest>(body.as_bytes())
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .body()
             .error
     }
