@@ -8,34 +8,55 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
-/// Buckets for time to first token, from a fast cached prompt to a long prefill.
+/// Buckets for time to first token, from a cached prompt to a long prefill
+/// (vLLM's, extended for CPU serving).
 const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0,
 ];
+/// Buckets for the time between two tokens of one stream (vLLM's).
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
 const REQUEST_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
 ];
+const LOAD_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Every metric family the gateway exports, all named `loragate_*` (the
+/// process collector adds the standard `process_*`).
 pub struct Metrics {
     registry: Registry,
+    // HTTP, labelled by route pattern.
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
+    // Inference, by tenant and served model (or adapter).
     pub sampled_tokens: IntCounterVec,
     pub prompt_tokens: IntCounterVec,
     pub completion_tokens: IntCounterVec,
     pub finished: IntCounterVec,
     pub time_to_first_token: HistogramVec,
+    pub inter_token_latency: HistogramVec,
+    pub generation_duration: HistogramVec,
+    pub queue_wait: Histogram,
     pub queue_depth: IntGauge,
     pub admission_rejections: IntCounterVec,
+    // Tenancy and limits.
     pub ratelimit_rejections: IntCounterVec,
     pub redis_errors: IntCounterVec,
     pub limiter_fallbacks: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    // Adapters.
+    pub adapter_loads: IntCounterVec,
+    pub adapter_load_duration: HistogramVec,
+    pub adapter_evictions: IntCounterVec,
+    pub adapters_resident: IntGauge,
+    pub adapters_resident_bytes: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -49,27 +70,31 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(
     collector
 }
 
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("loragate")
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("loragate".into()), None).unwrap_or_default();
+        let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
             )
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let options = HistogramOpts::from(opts(name, help)).buckets(buckets.to_vec());
             register(
                 &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                    labels,
-                )
-                .expect("valid metric"),
+                HistogramVec::new(options, labels).expect("valid metric"),
             )
         };
         let gauge = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+            register(
+                &registry,
+                IntGauge::with_opts(opts(name, help)).expect("valid metric"),
+            )
         };
         #[cfg(target_os = "linux")]
         {
@@ -78,6 +103,23 @@ impl Metrics {
                 tracing::warn!(%error, "process metrics unavailable");
             }
         }
+        let build_info = opts("build_info", "Build of the running gateway (value 1).")
+            .const_label("version", env!("CARGO_PKG_VERSION"))
+            .const_label("engine", "mistralrs-0.8.1")
+            .const_label(
+                "cuda",
+                if cfg!(feature = "cuda") {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+        register(
+            &registry,
+            IntGauge::with_opts(build_info).expect("valid metric"),
+        )
+        .set(1);
+        let tenant_model = &["tenant", "model"];
         Metrics {
             http_requests: counter(
                 "http_requests_total",
@@ -98,24 +140,47 @@ impl Metrics {
             ),
             prompt_tokens: counter(
                 "prompt_tokens_total",
-                "Prompt tokens of finished requests.",
-                &["model"],
+                "Prompt tokens of finished and aborted requests.",
+                tenant_model,
             ),
             completion_tokens: counter(
                 "completion_tokens_total",
-                "Completion tokens of finished requests.",
-                &["model"],
+                "Completion tokens of finished and aborted requests.",
+                tenant_model,
             ),
             finished: counter(
                 "requests_finished_total",
                 "Generations by outcome: stop, length, cancelled, error.",
-                &["model", "reason"],
+                &["tenant", "model", "reason"],
             ),
             time_to_first_token: histogram(
                 "time_to_first_token_seconds",
-                "Time from admission to the first generated text.",
-                &["model"],
+                "From admission to the first generated text.",
+                tenant_model,
                 TTFT_BUCKETS,
+            ),
+            inter_token_latency: histogram(
+                "inter_token_latency_seconds",
+                "Between consecutive text deltas of one generation.",
+                tenant_model,
+                ITL_BUCKETS,
+            ),
+            generation_duration: histogram(
+                "generation_duration_seconds",
+                "From admission to the last token.",
+                tenant_model,
+                REQUEST_BUCKETS,
+            ),
+            queue_wait: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::from(opts(
+                        "queue_wait_seconds",
+                        "Time waiting for a generation slot.",
+                    ))
+                    .buckets(REQUEST_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
             ),
             queue_depth: gauge(
                 "admission_queue_depth",
@@ -145,6 +210,27 @@ impl Metrics {
                 "auth_failures_total",
                 "Refused credentials by reason.",
                 &["reason"],
+            ),
+            adapter_loads: counter(
+                "adapter_loads_total",
+                "Adapter loads into the engine by result (ok, error).",
+                &["tenant", "result"],
+            ),
+            adapter_load_duration: histogram(
+                "adapter_load_duration_seconds",
+                "Time to load an adapter into the engine.",
+                &["tenant"],
+                LOAD_BUCKETS,
+            ),
+            adapter_evictions: counter(
+                "adapter_evictions_total",
+                "Adapters unloaded to stay within the residency budget.",
+                &["tenant"],
+            ),
+            adapters_resident: gauge("adapters_resident", "Adapters loaded in the engine."),
+            adapters_resident_bytes: gauge(
+                "adapters_resident_bytes",
+                "Estimated memory held by resident adapters.",
             ),
             registry,
         }

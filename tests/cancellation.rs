@@ -15,7 +15,9 @@ fn sampled() -> String {
 }
 
 fn finished(reason: &str) -> String {
-    format!("loragate_requests_finished_total{{model=\"{MODEL}\",reason=\"{reason}\"}}")
+    format!(
+        "loragate_requests_finished_total{{model=\"{MODEL}\",reason=\"{reason}\",tenant=\"anonymous\"}}"
+    )
 }
 
 /// A generation long enough that finishing it would take far longer than

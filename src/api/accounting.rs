@@ -11,46 +11,51 @@ use crate::metering::UsageMeter;
 use crate::metrics::Metrics;
 use crate::ratelimit::Reservation;
 
-/// Records TTFT, token counters and how the generation ended.
+/// Records TTFT, inter-token latency, duration and how the generation ended.
 pub struct Outcome {
     metrics: Arc<Metrics>,
-    model: String,
+    labels: [String; 2],
     started: Instant,
-    first_text_seen: bool,
+    last_text: Option<Instant>,
     ended: Option<&'static str>,
 }
 
 impl Outcome {
-    pub fn new(metrics: Arc<Metrics>, model: &str, started: Instant) -> Outcome {
+    pub fn new(metrics: Arc<Metrics>, tenant: &str, model: &str, started: Instant) -> Outcome {
         Outcome {
             metrics,
-            model: model.to_string(),
+            labels: [tenant.to_string(), model.to_string()],
             started,
-            first_text_seen: false,
+            last_text: None,
             ended: None,
         }
     }
 
     pub fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         match event {
-            Ok(GenerationEvent::Delta { text }) if !text.is_empty() && !self.first_text_seen => {
-                self.first_text_seen = true;
-                self.metrics
-                    .time_to_first_token
-                    .with_label_values(&[&self.model])
-                    .observe(self.started.elapsed().as_secs_f64());
+            Ok(GenerationEvent::Delta { text }) if !text.is_empty() => {
+                let now = Instant::now();
+                match self.last_text {
+                    None => self
+                        .metrics
+                        .time_to_first_token
+                        .with_label_values(&labels)
+                        .observe((now - self.started).as_secs_f64()),
+                    Some(previous) => self
+                        .metrics
+                        .inter_token_latency
+                        .with_label_values(&labels)
+                        .observe((now - previous).as_secs_f64()),
+                }
+                self.last_text = Some(now);
             }
-            Ok(GenerationEvent::Finished { reason, usage }) => {
+            Ok(GenerationEvent::Finished { reason, .. }) => {
                 self.ended = Some(reason.as_str());
-                let labels = [self.model.as_str()];
                 self.metrics
-                    .prompt_tokens
+                    .generation_duration
                     .with_label_values(&labels)
-                    .inc_by(usage.prompt_tokens as u64);
-                self.metrics
-                    .completion_tokens
-                    .with_label_values(&labels)
-                    .inc_by(usage.completion_tokens as u64);
+                    .observe(self.started.elapsed().as_secs_f64());
             }
             Err(_) => self.ended = Some("error"),
             Ok(_) => {}
@@ -63,7 +68,7 @@ impl Drop for Outcome {
         let reason = self.ended.unwrap_or("cancelled");
         self.metrics
             .finished
-            .with_label_values(&[&self.model, reason])
+            .with_label_values(&[&self.labels[0], &self.labels[1], reason])
             .inc();
     }
 }
@@ -73,6 +78,7 @@ impl Drop for Outcome {
 pub struct Settlement {
     reservation: Option<Reservation>,
     meter: Arc<UsageMeter>,
+    metrics: Arc<Metrics>,
     tenant: String,
     model: String,
     prompt_tokens: u64,
@@ -86,6 +92,7 @@ impl Settlement {
     pub fn new(
         reservation: Option<Reservation>,
         meter: Arc<UsageMeter>,
+        metrics: Arc<Metrics>,
         tenant: &str,
         model: &str,
         prompt_tokens: usize,
@@ -93,6 +100,7 @@ impl Settlement {
         Settlement {
             reservation,
             meter,
+            metrics,
             tenant: tenant.to_string(),
             model: model.to_string(),
             prompt_tokens: prompt_tokens as u64,
@@ -127,6 +135,15 @@ impl Drop for Settlement {
         if let Some(reservation) = self.reservation.take() {
             reservation.finish(prompt + completion);
         }
+        let labels = [self.tenant.as_str(), self.model.as_str()];
+        self.metrics
+            .prompt_tokens
+            .with_label_values(&labels)
+            .inc_by(prompt);
+        self.metrics
+            .completion_tokens
+            .with_label_values(&labels)
+            .inc_by(completion);
         let (meter, tenant, model) = (self.meter.clone(), self.tenant.clone(), self.model.clone());
         tokio::spawn(async move { meter.record(&tenant, &model, prompt, completion).await });
     }

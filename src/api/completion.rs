@@ -135,14 +135,20 @@ pub async fn start(
     let mut settlement = Settlement::new(
         reservation,
         state.meter.clone(),
+        state.metrics.clone(),
         &tenant.id,
         &card.id,
         prompt_tokens,
     );
     let permit = {
+        let waiting_since = Instant::now();
         state.metrics.queue_depth.inc();
         let admitted = state.admission.admit().await;
         state.metrics.queue_depth.dec();
+        state
+            .metrics
+            .queue_wait
+            .observe(waiting_since.elapsed().as_secs_f64());
         admitted.map_err(|rejection| {
             let reason = match rejection {
                 AdmissionError::QueueFull => "queue_full",
@@ -164,7 +170,7 @@ pub async fn start(
         progress,
     } = engine.generate(request).await.map_err(engine_error)?;
     settlement.generating(progress);
-    let mut outcome = Outcome::new(state.metrics.clone(), &card.id, started);
+    let mut outcome = Outcome::new(state.metrics.clone(), &tenant.id, &card.id, started);
     let first = events.next().await;
     if let Some(event) = &first {
         outcome.observe(event);
