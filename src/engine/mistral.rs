@@ -22,16 +22,21 @@ use mistralrs::{
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
+use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, replica_bytes};
 use super::stop::{Scan, StopScanner};
 use super::{
-    Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
-    ModelCard, OutputConstraint, PromptMessage, TokenUsage,
+    AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStream, ModelCard, OutputConstraint, PromptMessage, TokenUsage,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
 
 pub struct MistralEngine {
-    model: Model,
+    model: Arc<Model>,
     card: ModelCard,
+    /// The base's files when adapters can be loaded over it (safetensors bases).
+    base: Option<BaseFiles>,
+    /// Loaded adapter models, by engine model id.
+    adapters: parking_lot::RwLock<HashMap<String, ModelCard>>,
     /// Tokens the engine actually sampled, counted inside its sampler: the
     /// ground truth for "did this generation really stop".
     sampled_tokens: IntCounter,
@@ -69,8 +74,14 @@ impl MistralEngine {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let base = match config.format {
+            ModelFormat::Safetensors => Some(BaseFiles::of(config, dtype(config))?),
+            ModelFormat::Gguf => None,
+        };
         Ok(MistralEngine {
-            model,
+            model: Arc::new(model),
+            base,
+            adapters: parking_lot::RwLock::new(HashMap::new()),
             card: ModelCard {
                 id: served,
                 created,
@@ -83,12 +94,12 @@ impl MistralEngine {
     }
 
     /// The underlying mistral.rs handle, for benchmarks that call it directly.
-    pub fn model(&self) -> &Model {
+    pub fn mistral(&self) -> &Model {
         &self.model
     }
 
     fn check_model(&self, model: &str) -> Result<(), EngineError> {
-        if model == self.card.id {
+        if model == self.card.id || self.adapters.read().contains_key(model) {
             Ok(())
         } else {
             Err(EngineError::UnknownModel(model.to_string()))
@@ -241,7 +252,31 @@ fn sampling_params(request: &GenerationRequest) -> SamplingParams {
 #[async_trait]
 impl Engine for MistralEngine {
     fn models(&self) -> Vec<ModelCard> {
-        vec![self.card.clone()]
+        let mut cards = vec![self.card.clone()];
+        cards.extend(self.adapters.read().values().cloned());
+        cards
+    }
+
+    async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError> {
+        let base = self.base.as_ref().ok_or_else(|| {
+            EngineError::Rejected(
+                "adapters need a safetensors base model (model.format = \"safetensors\")".into(),
+            )
+        })?;
+        add_adapter_model(&self.model, base, id, adapter).await?;
+        let card = ModelCard {
+            id: id.to_string(),
+            ..self.card.clone()
+        };
+        self.adapters.write().insert(id.to_string(), card);
+        Ok(replica_bytes(base))
+    }
+
+    async fn unload_adapter(&self, id: &str) -> Result<(), EngineError> {
+        if self.adapters.write().remove(id).is_none() {
+            return Err(EngineError::UnknownModel(id.to_string()));
+        }
+        remove_adapter_model(self.model.clone(), id).await
     }
 
     async fn count_prompt_tokens(

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod mistral;
+mod mistral_lora;
 mod stop;
 
 use std::collections::HashMap;
@@ -139,6 +140,15 @@ pub struct ModelCard {
     pub vocab_size: usize,
 }
 
+/// A validated LoRA adapter on disk, ready to load over the base model.
+#[derive(Debug, Clone)]
+pub struct AdapterFiles {
+    pub weights: std::path::PathBuf,
+    pub rank: usize,
+    pub alpha: f64,
+    pub target_modules: Vec<String>,
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     fn models(&self) -> Vec<ModelCard>;
@@ -157,4 +167,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Starts generating. Dropping the returned stream cancels the generation.
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError>;
+
+    /// Serves `adapter` over the base model as model `id`; returns the memory
+    /// the loaded adapter holds. `Rejected` when this engine cannot.
+    async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError>;
+
+    /// Stops serving adapter model `id` and frees it.
+    async fn unload_adapter(&self, id: &str) -> Result<(), EngineError>;
 }
