@@ -62,7 +62,7 @@ async fn direct(
         .set_sampler_max_len(max_tokens);
     let started = Instant::now();
     let mut stream = engine
-        .model()
+        .mistral()
         .stream_chat_request_with_model(request, Some(model))
         .await
         .expect("direct stream");

@@ -17,10 +17,13 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpRequest, HttpServer, Route, web};
 
+use crate::adapters::validate::{BaseShape, Limits as AdapterLimits};
+use crate::adapters::{AdapterStore, Residency};
 use crate::api::extract::BodyLimit;
-use crate::api::{admin, chat, health, models, openapi};
+use crate::api::{admin, admin_adapters, chat, health, models, openapi};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::config::ModelFormat;
 use crate::engine::{Admission, Engine};
 use crate::error::ApiError;
 use crate::metering::UsageMeter;
@@ -35,6 +38,14 @@ pub struct AppState {
     pub meter: Arc<UsageMeter>,
     pub metrics: Arc<Metrics>,
     pub default_max_tokens: Option<usize>,
+    /// The base model's served name.
+    pub base_model: String,
+    pub store: Arc<AdapterStore>,
+    pub residency: Arc<Residency>,
+    /// Shapes adapters are checked against; `None` for a GGUF base.
+    pub base_shape: Option<BaseShape>,
+    pub adapter_limits: AdapterLimits,
+    pub warm_on_upload: bool,
 }
 
 impl AppState {
@@ -51,7 +62,32 @@ impl AppState {
                 "authentication is disabled: every caller is the anonymous tenant and an admin"
             );
         }
+        let store = Arc::new(AdapterStore::open(&config.adapters.dir).map_err(|e| {
+            anyhow::anyhow!(
+                "config key `adapters.dir`: cannot open {}: {e}",
+                config.adapters.dir.display()
+            )
+        })?);
+        let residency = Residency::new(
+            store.clone(),
+            config.adapters.max_resident,
+            config.adapters.load_timeout,
+            metrics.clone(),
+        );
+        let base_shape = match config.model.format {
+            ModelFormat::Safetensors => Some(BaseShape::from_model_dir(&config.model.path)?),
+            ModelFormat::Gguf => None,
+        };
         Ok(AppState {
+            base_model: config.model.served_name.clone(),
+            residency: Arc::new(residency),
+            store,
+            base_shape,
+            adapter_limits: AdapterLimits {
+                max_rank: config.adapters.max_rank,
+                max_bytes: config.adapters.max_bytes,
+            },
+            warm_on_upload: config.adapters.warm_on_upload,
             engine: OnceLock::new(),
             admission: Admission::new(&config.admission),
             auth: Authenticator::new(config)?,
@@ -83,15 +119,20 @@ async fn route_not_found(request: HttpRequest) -> Result<actix_web::HttpResponse
 
 /// A resource serving one method; any other gets 405 with `Allow`.
 fn resource(path: &str, allowed: &'static str, route: Route) -> actix_web::Resource {
-    web::resource(path).route(route).default_service(web::to(
-        move |request: HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
-                method: request.method().to_string(),
-                path: request.path().to_string(),
-                allowed,
-            })
-        },
-    ))
+    resource_of(path, allowed, vec![route])
+}
+
+fn resource_of(path: &str, allowed: &'static str, routes: Vec<Route>) -> actix_web::Resource {
+    let resource = routes
+        .into_iter()
+        .fold(web::resource(path), |resource, route| resource.route(route));
+    resource.default_service(web::to(move |request: HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: request.method().to_string(),
+            path: request.path().to_string(),
+            allowed,
+        })
+    }))
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -160,6 +201,27 @@ pub fn create_app(
             "/admin/v1/tenants/{tenant}/usage",
             "GET",
             web::get().to(admin::tenant_usage),
+        ))
+        .service(resource_of(
+            "/admin/v1/tenants/{tenant}/adapters",
+            "GET, POST",
+            vec![
+                web::get().to(admin_adapters::list),
+                web::post().to(admin_adapters::upload),
+            ],
+        ))
+        .service(resource_of(
+            "/admin/v1/tenants/{tenant}/adapters/{name}",
+            "GET, DELETE",
+            vec![
+                web::get().to(admin_adapters::get),
+                web::delete().to(admin_adapters::delete),
+            ],
+        ))
+        .service(resource(
+            "/admin/v1/tenants/{tenant}/adapters/{name}/rollback",
+            "POST",
+            web::post().to(admin_adapters::rollback),
         ))
         .default_service(web::to(route_not_found))
 }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use std::time::Duration;
 
+use crate::adapters::AdapterError;
 use crate::ratelimit::{LimitKind, RateSnapshot};
 
 /// OpenAI's error object, as the official SDKs parse it.
@@ -82,6 +83,10 @@ pub enum ApiError {
     },
     #[error("Rate limits cannot be checked right now; retry shortly.")]
     LimiterUnavailable,
+    #[error(transparent)]
+    Adapter(AdapterError),
+    #[error("Multipart upload problem: {0}")]
+    Upload(String),
     /// The client went away; nobody reads this answer.
     #[error("The client closed the connection before the answer was ready.")]
     ClientClosed,
@@ -126,7 +131,15 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::Unauthorized { .. }
             | ApiError::Forbidden { .. }
-            | ApiError::TenantNotFound(_) => "invalid_request_error",
+            | ApiError::TenantNotFound(_)
+            | ApiError::Upload(_) => "invalid_request_error",
+            ApiError::Adapter(error) => match error {
+                AdapterError::Load(_)
+                | AdapterError::LoadTimeout
+                | AdapterError::Busy
+                | AdapterError::Io(_) => "server_error",
+                _ => "invalid_request_error",
+            },
             // OpenAI names the exhausted limit in `type`.
             ApiError::RateLimited { kind, .. } => match kind {
                 LimitKind::Tokens => "tokens",
@@ -143,6 +156,8 @@ impl ApiError {
     fn param(&self) -> Option<String> {
         match self {
             ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::Adapter(AdapterError::Invalid { field, .. }) => Some(field.clone()),
+            ApiError::Adapter(AdapterError::Conflict { .. }) => Some("expected_generation".into()),
             ApiError::ModelNotFound(_) => Some("model".into()),
             ApiError::ContextLengthExceeded { .. } => Some("messages".into()),
             _ => None,
@@ -163,6 +178,19 @@ impl ApiError {
             ApiError::ClientClosed => Some("client_closed_request"),
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::TenantNotFound(_) => Some("tenant_not_found"),
+            ApiError::Upload(_) => Some("invalid_upload"),
+            ApiError::Adapter(error) => Some(match error {
+                AdapterError::Invalid { .. } => "invalid_adapter",
+                AdapterError::TooLarge { .. } => "request_too_large",
+                AdapterError::NotFound(_) => "adapter_not_found",
+                AdapterError::Conflict { .. } => "generation_mismatch",
+                AdapterError::NoPreviousGeneration(_) => "no_previous_generation",
+                AdapterError::Unsupported => "adapters_unsupported",
+                AdapterError::Load(_) => "adapter_load_failed",
+                AdapterError::LoadTimeout => "adapter_load_timeout",
+                AdapterError::Busy => "adapter_capacity_exhausted",
+                AdapterError::Io(_) => "adapter_store_error",
+            }),
             ApiError::Forbidden { .. } => Some("insufficient_permissions"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
@@ -187,6 +215,17 @@ impl ApiError {
     }
 }
 
+impl From<AdapterError> for ApiError {
+    /// Load and storage failures are internal: logged under a reference,
+    /// never shown with their paths and causes.
+    fn from(error: AdapterError) -> Self {
+        match error {
+            AdapterError::Load(_) | AdapterError::Io(_) => ApiError::engine(error),
+            other => ApiError::Adapter(other),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -201,6 +240,17 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::TenantNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Upload(_) => StatusCode::BAD_REQUEST,
+            ApiError::Adapter(error) => match error {
+                AdapterError::Invalid { .. } | AdapterError::Unsupported => StatusCode::BAD_REQUEST,
+                AdapterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                AdapterError::NotFound(_) => StatusCode::NOT_FOUND,
+                AdapterError::Conflict { .. } | AdapterError::NoPreviousGeneration(_) => {
+                    StatusCode::CONFLICT
+                }
+                AdapterError::LoadTimeout | AdapterError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                AdapterError::Load(_) | AdapterError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -234,7 +284,12 @@ impl ResponseError for ApiError {
                 response.insert_header((name, value));
             }
         }
-        if matches!(self, ApiError::NotReady | ApiError::LimiterUnavailable) {
+        if matches!(
+            self,
+            ApiError::NotReady
+                | ApiError::LimiterUnavailable
+                | ApiError::Adapter(AdapterError::LoadTimeout | AdapterError::Busy)
+        ) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         response.json(self.body())

@@ -9,6 +9,7 @@
 //! - [`metrics`]: Prometheus metrics
 //! - [`fixture`]: deterministic tiny models for tests
 
+pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod auth;

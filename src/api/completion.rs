@@ -6,7 +6,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
+use crate::adapters::AdapterLease;
 use crate::api::accounting::{Outcome, Settlement};
+use crate::api::routing;
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, ChunkDelta,
@@ -37,6 +39,8 @@ pub struct Generation {
     outcome: Outcome,
     settlement: Settlement,
     _permit: AdmissionPermit,
+    /// Keeps the adapter loaded until this generation is over.
+    _adapter: Option<AdapterLease>,
 }
 
 fn unix_now() -> u64 {
@@ -113,11 +117,8 @@ pub async fn start(
     chat: ValidatedChat,
 ) -> Result<Generation, ApiError> {
     let engine = state.engine()?;
-    // A model the tenant may not use is reported exactly like one that does not exist.
-    let card = engine
-        .model(&chat.model)
-        .filter(|_| tenant.models.allows(&chat.model))
-        .ok_or_else(|| ApiError::ModelNotFound(chat.model.clone()))?;
+    let routed = routing::route(state, &engine, tenant, &chat.model).await?;
+    let card = routed.card.clone();
     let prompt_tokens = engine
         .count_prompt_tokens(&card.id, &chat.messages)
         .await
@@ -137,7 +138,7 @@ pub async fn start(
         state.meter.clone(),
         state.metrics.clone(),
         &tenant.id,
-        &card.id,
+        &routed.label,
         prompt_tokens,
     );
     let permit = {
@@ -170,7 +171,7 @@ pub async fn start(
         progress,
     } = engine.generate(request).await.map_err(engine_error)?;
     settlement.generating(progress);
-    let mut outcome = Outcome::new(state.metrics.clone(), &tenant.id, &card.id, started);
+    let mut outcome = Outcome::new(state.metrics.clone(), &tenant.id, &routed.label, started);
     let first = events.next().await;
     if let Some(event) = &first {
         outcome.observe(event);
@@ -190,6 +191,7 @@ pub async fn start(
         outcome,
         settlement,
         _permit: permit,
+        _adapter: routed.lease,
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admin_adapters;
 pub mod chat;
 pub mod completion;
 pub mod disconnect;
@@ -9,6 +10,7 @@ pub mod extract;
 pub mod health;
 pub mod models;
 pub mod openapi;
+pub mod routing;
 pub mod sse;
 pub mod validate;
 pub mod wire;

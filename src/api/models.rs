@@ -1,10 +1,22 @@
 use actix_web::{HttpResponse, web};
 
+use crate::adapters::AdapterRecord;
+use crate::api::routing::adapter_record;
 use crate::api::wire::{ModelList, ModelObject};
 use crate::app::AppState;
 use crate::auth::TenantCaller;
 use crate::engine::ModelCard;
 use crate::error::{ApiError, ErrorResponse};
+
+fn adapter_object(record: AdapterRecord, context_length: usize) -> ModelObject {
+    ModelObject {
+        id: record.name,
+        object: "model".into(),
+        created: record.created_at,
+        owned_by: record.tenant,
+        max_model_len: context_length,
+    }
+}
 
 fn model_object(card: ModelCard) -> ModelObject {
     ModelObject {
@@ -33,13 +45,21 @@ pub async fn list_models(
     caller: TenantCaller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let data = state
-        .engine()?
-        .models()
-        .into_iter()
+    let engine = state.engine()?;
+    let mut data: Vec<ModelObject> = engine
+        .model(&state.base_model)
         .filter(|card| caller.0.models.allows(&card.id))
         .map(model_object)
+        .into_iter()
         .collect();
+    if let Some(context) = data.first().map(|base| base.max_model_len) {
+        let adapters = state.store.list(&caller.0.id);
+        data.extend(
+            adapters
+                .into_iter()
+                .map(|record| adapter_object(record, context)),
+        );
+    }
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list".into(),
         data,
@@ -67,10 +87,16 @@ pub async fn retrieve_model(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let card = state
+    let base = state
         .engine()?
-        .model(&id)
-        .filter(|_| caller.0.models.allows(&id))
-        .ok_or(ApiError::ModelNotFound(id))?;
-    Ok(HttpResponse::Ok().json(model_object(card)))
+        .model(&state.base_model)
+        .ok_or_else(|| ApiError::ModelNotFound(id.clone()))?;
+    let object = match adapter_record(&state, &caller.0, &id)? {
+        None => model_object(base),
+        Some(record) => ModelObject {
+            id: id.clone(),
+            ..adapter_object(record, base.context_length)
+        },
+    };
+    Ok(HttpResponse::Ok().json(object))
 }

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
 
-use crate::api::{admin, chat, health, models, wire};
+use crate::api::{admin, admin_adapters, chat, health, models, wire};
 use crate::error::{ErrorBody, ErrorResponse};
 
 #[derive(OpenApi)]
@@ -25,6 +25,11 @@ use crate::error::{ErrorBody, ErrorResponse};
         openapi_json,
         docs,
         admin::tenant_usage,
+        admin_adapters::upload,
+        admin_adapters::list,
+        admin_adapters::get,
+        admin_adapters::delete,
+        admin_adapters::rollback,
     ),
     components(schemas(
         ErrorResponse,

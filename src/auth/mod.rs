@@ -29,6 +29,7 @@ pub struct Tenant {
     pub name: String,
     pub models: ModelAccess,
     pub limits: Limits,
+    pub default_adapter: Option<String>,
 }
 
 /// Whoever presented valid credentials.
@@ -92,6 +93,7 @@ impl Authenticator {
                     name: t.name.clone(),
                     models: t.models.clone(),
                     limits: t.limits,
+                    default_adapter: t.default_adapter.clone(),
                 };
                 (t.id.clone(), Arc::new(tenant))
             })
@@ -120,6 +122,7 @@ impl Authenticator {
                 name: "anonymous (authentication disabled)".into(),
                 models: ModelAccess::All,
                 limits: Limits::default(),
+                default_adapter: None,
             }),
         })
     }

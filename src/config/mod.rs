@@ -52,6 +52,17 @@ pub struct Config {
     /// Absent: rate limits and usage are kept in this process only.
     pub redis: Option<RedisConfig>,
     pub tenants: Vec<TenantConfig>,
+    pub adapters: AdaptersConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdaptersConfig {
+    pub dir: PathBuf,
+    pub max_rank: usize,
+    pub max_bytes: u64,
+    pub max_resident: usize,
+    pub load_timeout: Duration,
+    pub warm_on_upload: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +234,21 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let auth = tenancy::auth(raw.auth, base_dir)?;
     let redis = raw.redis.map(tenancy::redis).transpose()?;
     let tenants = tenancy::tenants(raw.tenants, &auth.admin_keys)?;
+    let adapters = raw.adapters;
+    if adapters.max_rank == 0 || adapters.max_resident == 0 || adapters.load_timeout_secs == 0 {
+        return Err(ConfigError::key(
+            "adapters",
+            "max_rank, max_resident and load_timeout_secs must be positive",
+        ));
+    }
+    let adapters = AdaptersConfig {
+        dir: expand_path(&adapters.dir, base_dir),
+        max_rank: adapters.max_rank,
+        max_bytes: adapters.max_bytes,
+        max_resident: adapters.max_resident,
+        load_timeout: Duration::from_secs(adapters.load_timeout_secs),
+        warm_on_upload: adapters.warm_on_upload,
+    };
     if raw
         .logging
         .level
@@ -262,6 +288,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         auth,
         redis,
         tenants,
+        adapters,
     })
 }
 

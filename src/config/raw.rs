@@ -18,6 +18,64 @@ pub struct RawConfig {
     pub redis: Option<RawRedis>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub adapters: RawAdapters,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdapters {
+    /// The adapter store; relative to this file's folder.
+    #[serde(default = "default_adapter_dir")]
+    pub dir: String,
+    #[serde(default = "default_max_rank")]
+    pub max_rank: usize,
+    /// Largest accepted `adapter_model.safetensors`.
+    #[serde(default = "default_max_adapter_bytes")]
+    pub max_bytes: u64,
+    /// Adapter models kept loaded at once; the least recently used idle one
+    /// is unloaded to make room. Each is a full copy of the base weights.
+    #[serde(default = "default_max_resident")]
+    pub max_resident: usize,
+    /// Longest wait for an adapter to load before the request gets a 503.
+    #[serde(default = "default_load_timeout_secs")]
+    pub load_timeout_secs: u64,
+    /// Load a new adapter (or generation) into the engine as soon as it is uploaded.
+    #[serde(default = "default_true")]
+    pub warm_on_upload: bool,
+}
+
+impl Default for RawAdapters {
+    fn default() -> Self {
+        RawAdapters {
+            dir: default_adapter_dir(),
+            max_rank: default_max_rank(),
+            max_bytes: default_max_adapter_bytes(),
+            max_resident: default_max_resident(),
+            load_timeout_secs: default_load_timeout_secs(),
+            warm_on_upload: true,
+        }
+    }
+}
+
+fn default_adapter_dir() -> String {
+    "../adapters".into()
+}
+
+fn default_max_rank() -> usize {
+    64
+}
+
+fn default_max_adapter_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+
+fn default_max_resident() -> usize {
+    4
+}
+
+fn default_load_timeout_secs() -> u64 {
+    120
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +350,8 @@ pub struct RawTenant {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Adapter applied when the tenant asks for the base model by name.
+    pub default_adapter: Option<String>,
 }
 
 fn default_all_models() -> Vec<String> {

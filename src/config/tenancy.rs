@@ -92,6 +92,7 @@ pub struct TenantConfig {
     pub keys: Vec<KeyHash>,
     pub models: ModelAccess,
     pub limits: Limits,
+    pub default_adapter: Option<String>,
 }
 
 /// Tenant ids appear in Redis keys, metric labels and URLs.
@@ -281,6 +282,7 @@ pub(super) fn tenants(
             keys: tenant_keys,
             models,
             limits: limits(index, tenant.limits)?,
+            default_adapter: tenant.default_adapter,
         });
     }
     Ok(tenants)

@@ -57,6 +57,8 @@ pub struct TestServer {
     pub base: String,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The adapter store, unless the test chose its own `adapters.dir`.
+    _adapters: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -71,12 +73,23 @@ impl TestServer {
     }
 
     pub fn with_toml(extra: &str, overrides: &[(&str, &str)]) -> TestServer {
-        let environment = overrides.iter().map(|(key, value)| {
-            (
-                format!("LORAGATE__{}", key.replace('.', "__").to_uppercase()),
-                value.to_string(),
-            )
-        });
+        let adapters = (!overrides.iter().any(|(key, _)| *key == "adapters.dir"))
+            .then(|| tempfile::tempdir().expect("adapter store"));
+        let mut environment: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(key, value)| {
+                (
+                    format!("LORAGATE__{}", key.replace('.', "__").to_uppercase()),
+                    value.to_string(),
+                )
+            })
+            .collect();
+        if let Some(dir) = &adapters {
+            environment.push((
+                "LORAGATE__ADAPTERS__DIR".into(),
+                dir.path().display().to_string(),
+            ));
+        }
         let config = Config::from_toml_str(&config_text(extra), environment, Path::new("/"))
             .expect("test config is valid");
         let (sender, receiver) = mpsc::channel();
@@ -106,6 +119,7 @@ impl TestServer {
             base: format!("http://{address}"),
             handle,
             thread: Some(thread),
+            _adapters: adapters,
         }
     }
 

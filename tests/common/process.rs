@@ -10,6 +10,7 @@ pub struct GatewayProcess {
     pub base: String,
     child: Child,
     _config: tempfile::NamedTempFile,
+    _adapters: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -28,10 +29,12 @@ impl GatewayProcess {
             .write_all(super::config_text(extra).as_bytes())
             .expect("write config");
         let port = free_port();
+        let adapters = tempfile::tempdir().expect("adapter store");
         let child = Command::new(env!("CARGO_BIN_EXE_loragate"))
             .args(["serve", "--config"])
             .arg(config.path())
             .env("LORAGATE__SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("LORAGATE__ADAPTERS__DIR", adapters.path())
             // Outage tests provoke warnings on purpose; keep the test log readable.
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -42,6 +45,7 @@ impl GatewayProcess {
             base: format!("http://127.0.0.1:{port}"),
             child,
             _config: config,
+            _adapters: adapters,
         };
         gateway.wait_ready();
         gateway

@@ -1,0 +1,256 @@
+//! Which adapters are loaded in the engine. Each adapter generation is its
+//! own engine model (`adapter:<tenant>/<name>@<generation>`): loaded on first
+//! use or on upload, one load per adapter at a time however many requests
+//! wait for it, unloaded least-recently-used first when the budget is full,
+//! and a replaced generation is unloaded only once its last request is done.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+
+use super::{AdapterError, AdapterRecord, AdapterStore};
+use crate::engine::{AdapterFiles, Engine};
+use crate::metrics::Metrics;
+
+type Load = Shared<BoxFuture<'static, Result<(), String>>>;
+
+struct Slot {
+    tenant: String,
+    in_flight: usize,
+    last_used: u64,
+    bytes: u64,
+    /// Replaced or deleted: serves the requests it has, takes no new ones.
+    retired: bool,
+}
+
+#[derive(Default)]
+struct State {
+    resident: HashMap<String, Slot>,
+    loading: HashMap<String, Load>,
+    clock: u64,
+}
+
+pub struct Residency {
+    store: Arc<AdapterStore>,
+    max_resident: usize,
+    load_timeout: Duration,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+pub fn engine_id(record: &AdapterRecord) -> String {
+    format!(
+        "adapter:{}/{}@{}",
+        record.tenant, record.name, record.generation
+    )
+}
+
+/// A request's hold on a loaded adapter; while any exist it is not unloaded.
+pub struct AdapterLease {
+    pub engine_id: String,
+    residency: Arc<Residency>,
+    engine: Arc<dyn Engine>,
+}
+
+impl Drop for AdapterLease {
+    fn drop(&mut self) {
+        let mut state = self.residency.state.lock();
+        let unload = match state.resident.get_mut(&self.engine_id) {
+            Some(slot) => {
+                slot.in_flight = slot.in_flight.saturating_sub(1);
+                slot.retired && slot.in_flight == 0
+            }
+            None => false,
+        };
+        if unload {
+            state.resident.remove(&self.engine_id);
+            self.residency.publish(&state);
+            drop(state);
+            spawn_unload(self.engine.clone(), self.engine_id.clone());
+        }
+    }
+}
+
+fn spawn_unload(engine: Arc<dyn Engine>, id: String) {
+    tokio::spawn(async move {
+        if let Err(error) = engine.unload_adapter(&id).await {
+            tracing::warn!(%error, adapter = %id, "unloading an adapter failed");
+        }
+    });
+}
+
+impl Residency {
+    pub fn new(
+        store: Arc<AdapterStore>,
+        max_resident: usize,
+        load_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Residency {
+        Residency {
+            store,
+            max_resident,
+            load_timeout,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn publish(&self, state: &State) {
+        self.metrics
+            .adapters_resident
+            .set(state.resident.len() as i64);
+        self.metrics
+            .adapters_resident_bytes
+            .set(state.resident.values().map(|s| s.bytes as i64).sum());
+    }
+
+    pub fn is_resident(&self, record: &AdapterRecord) -> bool {
+        self.state
+            .lock()
+            .resident
+            .get(&engine_id(record))
+            .is_some_and(|slot| !slot.retired)
+    }
+
+    /// Holds `record` loaded for one request, loading it first if needed.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        engine: Arc<dyn Engine>,
+        record: &AdapterRecord,
+    ) -> Result<AdapterLease, AdapterError> {
+        let id = engine_id(record);
+        let deadline = Instant::now() + self.load_timeout;
+        loop {
+            let load = {
+                let mut state = self.state.lock();
+                state.clock += 1;
+                let clock = state.clock;
+                if let Some(slot) = state.resident.get_mut(&id).filter(|slot| !slot.retired) {
+                    slot.in_flight += 1;
+                    slot.last_used = clock;
+                    return Ok(AdapterLease {
+                        engine_id: id,
+                        residency: self.clone(),
+                        engine,
+                    });
+                }
+                match state.loading.get(&id) {
+                    Some(load) => load.clone(),
+                    None => self.start_load(&mut state, engine.clone(), record, &id)?,
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, load).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(message)) => return Err(AdapterError::Load(message)),
+                Err(_) => return Err(AdapterError::LoadTimeout),
+            }
+        }
+    }
+
+    /// Makes room if needed, then starts the one load of `id` on its own task
+    /// (a client disconnect must not cut a load in half).
+    fn start_load(
+        self: &Arc<Self>,
+        state: &mut State,
+        engine: Arc<dyn Engine>,
+        record: &AdapterRecord,
+        id: &str,
+    ) -> Result<Load, AdapterError> {
+        while state.resident.len() + state.loading.len() >= self.max_resident {
+            let victim = state
+                .resident
+                .iter()
+                .filter(|(_, slot)| slot.in_flight == 0)
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(id, _)| id.clone())
+                .ok_or(AdapterError::Busy)?;
+            if let Some(slot) = state.resident.remove(&victim) {
+                self.metrics
+                    .adapter_evictions
+                    .with_label_values(&[&slot.tenant])
+                    .inc();
+            }
+            tracing::info!(adapter = %victim, "evicting the least recently used adapter");
+            spawn_unload(engine.clone(), victim);
+        }
+        self.publish(state);
+        let files = AdapterFiles {
+            weights: self
+                .store
+                .generation_dir(record)
+                .join("adapter_model.safetensors"),
+            rank: record.rank,
+            alpha: record.alpha,
+            target_modules: record.target_modules.clone(),
+        };
+        let (residency, id_owned, tenant) = (self.clone(), id.to_string(), record.tenant.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = engine.load_adapter(&id_owned, &files).await;
+            residency
+                .metrics
+                .adapter_load_duration
+                .with_label_values(&[&tenant])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            residency
+                .metrics
+                .adapter_loads
+                .with_label_values(&[&tenant, outcome])
+                .inc();
+            let mut state = residency.state.lock();
+            state.loading.remove(&id_owned);
+            match result {
+                Ok(bytes) => {
+                    let clock = state.clock;
+                    state.resident.insert(
+                        id_owned,
+                        Slot {
+                            tenant,
+                            in_flight: 0,
+                            last_used: clock,
+                            bytes,
+                            retired: false,
+                        },
+                    );
+                    residency.publish(&state);
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, adapter = %id_owned, "adapter load failed");
+                    Err(error.to_string())
+                }
+            }
+        });
+        let load: Load = async move { task.await.map_err(|e| e.to_string())? }
+            .boxed()
+            .shared();
+        state.loading.insert(id.to_string(), load.clone());
+        Ok(load)
+    }
+
+    /// Stops new requests reaching a generation and unloads it once idle.
+    pub fn retire(&self, engine: &Arc<dyn Engine>, record: &AdapterRecord) {
+        let id = engine_id(record);
+        let mut state = self.state.lock();
+        let unload_now = match state.resident.get_mut(&id) {
+            Some(slot) if slot.in_flight == 0 => true,
+            Some(slot) => {
+                slot.retired = true;
+                false
+            }
+            None => false,
+        };
+        if unload_now {
+            state.resident.remove(&id);
+            self.publish(&state);
+            drop(state);
+            spawn_unload(engine.clone(), id);
+        }
+    }
+}

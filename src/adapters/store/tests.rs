@@ -1,0 +1,166 @@
+use super::*;
+
+async fn accept(_: AdapterRecord) -> Result<(), AdapterError> {
+    Ok(())
+}
+
+fn record(name: &str) -> AdapterRecord {
+    AdapterRecord {
+        tenant: "acme".into(),
+        name: name.into(),
+        generation: 0,
+        rank: 8,
+        alpha: 16.0,
+        target_modules: vec!["q_proj".into()],
+        size_bytes: 3,
+        sha256: "00".into(),
+        created_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn generations_replace_by_compare_and_swap() {
+    let root = tempfile::tempdir().unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    let first = store
+        .put(record("bot"), b"{}", b"one", None, accept)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(first.generation, 1);
+    // Replacing without naming the current generation is refused.
+    assert!(matches!(
+        store.put(record("bot"), b"{}", b"two", None, accept).await,
+        Err(AdapterError::Conflict { current: 1, .. })
+    ));
+    assert!(matches!(
+        store
+            .put(record("bot"), b"{}", b"two", Some(7), accept)
+            .await,
+        Err(AdapterError::Conflict { .. })
+    ));
+    let (second, replaced) = store
+        .put(record("bot"), b"{}", b"two", Some(1), accept)
+        .await
+        .unwrap();
+    assert_eq!(replaced.map(|r| r.generation), Some(1));
+    assert_eq!(second.generation, 2);
+    assert_eq!(store.current("acme", "bot").unwrap().generation, 2);
+    assert_eq!(
+        std::fs::read(
+            store
+                .generation_dir(&second)
+                .join("adapter_model.safetensors")
+        )
+        .unwrap(),
+        b"two"
+    );
+    assert_eq!(store.generations("acme", "bot"), vec![1, 2]);
+    // A new name may say generation 0 explicitly.
+    assert_eq!(
+        store
+            .put(record("other"), b"{}", b"x", Some(0), accept)
+            .await
+            .unwrap()
+            .0
+            .generation,
+        1
+    );
+    assert_eq!(store.list("acme").len(), 2);
+    assert!(store.list("globex").is_empty());
+}
+
+#[tokio::test]
+async fn rollback_and_delete() {
+    let root = tempfile::tempdir().unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    store
+        .put(record("bot"), b"{}", b"one", None, accept)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.rollback("acme", "bot", None).await,
+        Err(AdapterError::NoPreviousGeneration(_))
+    ));
+    store
+        .put(record("bot"), b"{}", b"two", Some(1), accept)
+        .await
+        .unwrap();
+    let (now, undone) = store.rollback("acme", "bot", Some(2)).await.unwrap();
+    assert_eq!((now.generation, undone.generation), (1, 2));
+    assert!(!store.generation_dir(&undone).exists());
+    // The next upload does not reuse a number the store handed out before.
+    assert_eq!(
+        store
+            .put(record("bot"), b"{}", b"three", Some(1), accept)
+            .await
+            .unwrap()
+            .0
+            .generation,
+        2
+    );
+    let removed = store.delete("acme", "bot", None).await.unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(store.current("acme", "bot").is_none());
+    assert!(!root.path().join("acme/bot").exists());
+    assert!(matches!(
+        store.delete("acme", "bot", None).await,
+        Err(AdapterError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn reopening_finds_everything_and_sweeps_half_writes() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let store = AdapterStore::open(root.path()).unwrap();
+        store
+            .put(record("bot"), b"{}", b"one", None, accept)
+            .await
+            .unwrap();
+        store
+            .put(record("bot"), b"{}", b"two", Some(1), accept)
+            .await
+            .unwrap();
+    }
+    // A crash mid-upload leaves a staging folder; a broken adapter has no CURRENT.
+    std::fs::create_dir_all(root.path().join(".staging/abc")).unwrap();
+    std::fs::write(
+        root.path().join(".staging/abc/adapter_model.safetensors"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.path().join("acme/broken/1")).unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    assert_eq!(store.current("acme", "bot").unwrap().generation, 2);
+    assert_eq!(store.generations("acme", "bot"), vec![1, 2]);
+    assert!(store.current("acme", "broken").is_none());
+    assert!(!root.path().join(".staging/abc").exists());
+}
+
+#[tokio::test]
+async fn a_failed_load_before_the_switch_leaves_nothing_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    store
+        .put(record("bot"), b"{}", b"one", None, accept)
+        .await
+        .unwrap();
+    let refuse = |_| async { Err(AdapterError::LoadTimeout) };
+    assert!(
+        store
+            .put(record("bot"), b"{}", b"two", Some(1), refuse)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.current("acme", "bot").unwrap().generation, 1);
+    assert_eq!(store.generations("acme", "bot"), vec![1]);
+    assert!(!root.path().join("acme/bot/2").exists());
+    assert!(
+        store
+            .put(record("new"), b"{}", b"x", None, refuse)
+            .await
+            .is_err()
+    );
+    assert!(!root.path().join("acme/new").exists());
+}

@@ -1,0 +1,131 @@
+//! Which model a request's `model` names. The scheme: the base model's
+//! served name; an adapter's name (`support-bot`), scoped to the caller's
+//! tenant; or `<base>::<adapter>` (the explicit form, as mistral.rs writes
+//! it). A tenant with a `default_adapter` gets it when asking for the base.
+
+use std::sync::Arc;
+
+use crate::adapters::{AdapterLease, AdapterRecord, valid_name};
+use crate::app::AppState;
+use crate::auth::Tenant;
+use crate::engine::{Engine, ModelCard};
+use crate::error::ApiError;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Base,
+    Adapter(&'a str),
+}
+
+/// Parses a requested model name; `None` when it cannot name anything here.
+pub fn parse_target<'a>(
+    base: &str,
+    requested: &'a str,
+    default_adapter: Option<&'a str>,
+) -> Option<Target<'a>> {
+    if requested == base {
+        return Some(default_adapter.map_or(Target::Base, Target::Adapter));
+    }
+    match requested.split_once("::") {
+        Some((named_base, adapter)) if named_base == base && valid_name(adapter) => {
+            Some(Target::Adapter(adapter))
+        }
+        Some(_) => None,
+        None if valid_name(requested) => Some(Target::Adapter(requested)),
+        None => None,
+    }
+}
+
+/// The adapter a request names, without loading it.
+pub fn adapter_record(
+    state: &AppState,
+    tenant: &Tenant,
+    requested: &str,
+) -> Result<Option<AdapterRecord>, ApiError> {
+    let not_found = || ApiError::ModelNotFound(requested.to_string());
+    if !tenant.models.allows(&state.base_model) {
+        return Err(not_found());
+    }
+    match parse_target(
+        &state.base_model,
+        requested,
+        tenant.default_adapter.as_deref(),
+    )
+    .ok_or_else(not_found)?
+    {
+        Target::Base => Ok(None),
+        Target::Adapter(name) => state
+            .store
+            .current(&tenant.id, name)
+            .map(Some)
+            .ok_or_else(not_found),
+    }
+}
+
+/// A request's model, ready to generate with: the engine's card for it and,
+/// for an adapter, the lease that keeps it loaded until the request ends.
+pub struct Routed {
+    pub card: ModelCard,
+    pub lease: Option<AdapterLease>,
+    /// Bounded metric label: the base name or the adapter's name.
+    pub label: String,
+}
+
+pub async fn route(
+    state: &AppState,
+    engine: &Arc<dyn Engine>,
+    tenant: &Tenant,
+    requested: &str,
+) -> Result<Routed, ApiError> {
+    let base = || {
+        engine
+            .model(&state.base_model)
+            .ok_or_else(|| ApiError::ModelNotFound(requested.to_string()))
+    };
+    match adapter_record(state, tenant, requested)? {
+        None => Ok(Routed {
+            card: base()?,
+            lease: None,
+            label: state.base_model.clone(),
+        }),
+        Some(record) => {
+            let lease = state.residency.acquire(engine.clone(), &record).await?;
+            let card = engine.model(&lease.engine_id).ok_or_else(|| {
+                ApiError::engine(format!(
+                    "adapter {} vanished after loading",
+                    lease.engine_id
+                ))
+            })?;
+            Ok(Routed {
+                card,
+                lease: Some(lease),
+                label: record.name,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_by_the_documented_scheme() {
+        assert_eq!(parse_target("base", "base", None), Some(Target::Base));
+        assert_eq!(
+            parse_target("base", "base", Some("bot")),
+            Some(Target::Adapter("bot"))
+        );
+        assert_eq!(
+            parse_target("base", "bot", None),
+            Some(Target::Adapter("bot"))
+        );
+        assert_eq!(
+            parse_target("base", "base::bot", None),
+            Some(Target::Adapter("bot"))
+        );
+        assert_eq!(parse_target("base", "other::bot", None), None);
+        assert_eq!(parse_target("base", "base::../x", None), None);
+        assert_eq!(parse_target("base", "Not A Name", None), None);
+    }
+}

@@ -1,0 +1,561 @@
+//! Adapters end to end over HTTP on the tiny model: upload, validation,
+//! selection, replacement under load, rollback, eviction, isolation, restart.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key};
+use loragate::fixture::lora::{AdapterSpec, adapter_config, write_adapter};
+use serde_json::Value;
+
+fn adapter(seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_adapter(
+        dir.path(),
+        &loragate::fixture::TINY,
+        &AdapterSpec::tiny(seed),
+    )
+    .unwrap();
+    dir
+}
+
+fn form(name: &str, config: Vec<u8>, weights: Vec<u8>) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .text("name", name.to_string())
+        .part(
+            "adapter_config",
+            reqwest::multipart::Part::bytes(config).file_name("adapter_config.json"),
+        )
+        .part(
+            "adapter_model",
+            reqwest::multipart::Part::bytes(weights).file_name("adapter_model.safetensors"),
+        )
+}
+
+fn files_of(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(dir.join("adapter_config.json")).unwrap(),
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap(),
+    )
+}
+
+async fn upload_as(
+    server: &TestServer,
+    key: Option<&str>,
+    tenant: &str,
+    name: &str,
+    dir: &Path,
+    if_match: Option<u64>,
+) -> reqwest::Response {
+    let (config, weights) = files_of(dir);
+    let mut request = client()
+        .post(server.url(&format!("/admin/v1/tenants/{tenant}/adapters")))
+        .multipart(form(name, config, weights));
+    if let Some(generation) = if_match {
+        request = request.header("if-match", format!("\"{generation}\""));
+    }
+    if let Some(key) = key {
+        request = authed(request, key);
+    }
+    request.send().await.unwrap()
+}
+
+async fn upload(
+    server: &TestServer,
+    name: &str,
+    dir: &Path,
+    if_match: Option<u64>,
+) -> reqwest::Response {
+    upload_as(server, None, "anonymous", name, dir, if_match).await
+}
+
+async fn answer(server: &TestServer, model: &str) -> (u16, String) {
+    let mut body = chat_body("Tell me something", 16);
+    body["model"] = model.into();
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let json: Value = response.json().await.unwrap();
+    if status == 200 {
+        assert_eq!(
+            json["model"], model,
+            "the response names the model asked for"
+        );
+    }
+    (
+        status,
+        json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uploaded_adapter_serves_its_first_request() {
+    let server = TestServer::start();
+    let dir = adapter(31);
+    let uploaded = upload(&server, "bot", dir.path(), None).await;
+    assert_eq!(uploaded.status(), 201);
+    assert_eq!(uploaded.headers()["etag"], "\"1\"");
+    let info: Value = uploaded.json().await.unwrap();
+    assert_eq!(info["generation"], 1);
+    assert_eq!(info["resident"], true, "warmed on upload");
+    assert_eq!(info["rank"], 8);
+    assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
+    let (_, base) = answer(&server, MODEL).await;
+    let (status, with_adapter) = answer(&server, "bot").await;
+    assert_eq!(status, 200);
+    assert_ne!(with_adapter, base, "the adapter changes the output");
+    assert_eq!(
+        answer(&server, &format!("{MODEL}::bot")).await.1,
+        with_adapter,
+        "both naming forms reach it"
+    );
+    let models: Value = client()
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![MODEL, "bot"]);
+    let one = client()
+        .get(server.url("/admin/v1/tenants/anonymous/adapters/bot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(metric(&server, "loragate_adapters_resident").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_invalid_upload_is_refused_and_leaves_nothing() {
+    let adapters = tempfile::tempdir().unwrap();
+    let dir_text = adapters.path().display().to_string();
+    let server = TestServer::with(&[("adapters.dir", &dir_text), ("adapters.max_bytes", "20000")]);
+    let good = adapter(1);
+    let (config, weights) = files_of(good.path());
+    let mut dora = adapter_config(&AdapterSpec::tiny(1), "tiny");
+    dora["use_dora"] = true.into();
+    let mut wide = AdapterSpec::tiny(1);
+    wide.targets = vec![
+        "q_proj".into(),
+        "v_proj".into(),
+        "gate_proj".into(),
+        "up_proj".into(),
+        "down_proj".into(),
+        "o_proj".into(),
+        "k_proj".into(),
+    ];
+    let big = tempfile::tempdir().unwrap();
+    write_adapter(
+        big.path(),
+        &loragate::fixture::TINY,
+        &AdapterSpec { rank: 16, ..wide },
+    )
+    .unwrap();
+    let cases: Vec<(&str, reqwest::multipart::Form, u16, &str)> = vec![
+        (
+            "dora",
+            form("bot", serde_json::to_vec(&dora).unwrap(), weights.clone()),
+            400,
+            "use_dora",
+        ),
+        (
+            "garbage weights",
+            form("bot", config.clone(), b"not safetensors".to_vec()),
+            400,
+            "safetensors",
+        ),
+        (
+            "bad json",
+            form("bot", b"{".to_vec(), weights.clone()),
+            400,
+            "JSON",
+        ),
+        (
+            "traversal",
+            form("../escape", config.clone(), weights.clone()),
+            400,
+            "names",
+        ),
+        (
+            "missing model",
+            reqwest::multipart::Form::new().text("name", "bot").part(
+                "adapter_config",
+                reqwest::multipart::Part::bytes(config.clone()),
+            ),
+            400,
+            "adapter_model",
+        ),
+        (
+            "too large",
+            form("bot", files_of(big.path()).0, files_of(big.path()).1),
+            413,
+            "limit",
+        ),
+    ];
+    for (case, form, status, needle) in cases {
+        let response = client()
+            .post(server.url("/admin/v1/tenants/anonymous/adapters"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{case}: {message}");
+    }
+    let unknown = client()
+        .post(server.url("/admin/v1/tenants/nobody/adapters"))
+        .multipart(form("bot", config, weights))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let list: Value = client()
+        .get(server.url("/admin/v1/tenants/anonymous/adapters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], serde_json::json!([]));
+    let leftovers: Vec<_> = std::fs::read_dir(adapters.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "nothing half-written: {leftovers:?}");
+    for scratch in [".staging", ".trash"] {
+        assert_eq!(
+            std::fs::read_dir(adapters.path().join(scratch))
+                .unwrap()
+                .count(),
+            0,
+            "{scratch} is empty"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_needs_the_current_generation_and_rolls_back() {
+    let server = TestServer::start();
+    let (first, second) = (adapter(41), adapter(42));
+    assert_eq!(
+        upload(&server, "bot", first.path(), None).await.status(),
+        201
+    );
+    let (_, output_one) = answer(&server, "bot").await;
+    assert_eq!(
+        upload(&server, "bot", second.path(), None).await.status(),
+        409,
+        "no blind overwrite"
+    );
+    let stale = upload(&server, "bot", second.path(), Some(7)).await;
+    assert_eq!(stale.status(), 409);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "generation_mismatch");
+    let replaced = upload(&server, "bot", second.path(), Some(1)).await;
+    assert_eq!(replaced.status(), 201);
+    assert_eq!(replaced.headers()["etag"], "\"2\"");
+    let (_, output_two) = answer(&server, "bot").await;
+    assert_ne!(output_one, output_two);
+    let rolled = client()
+        .post(server.url("/admin/v1/tenants/anonymous/adapters/bot/rollback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rolled.status(), 200);
+    let info: Value = rolled.json().await.unwrap();
+    assert_eq!(info["generation"], 1);
+    assert_eq!(
+        answer(&server, "bot").await.1,
+        output_one,
+        "the previous generation serves again"
+    );
+    let again = client()
+        .post(server.url("/admin/v1/tenants/anonymous/adapters/bot/rollback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let deleted = client()
+        .delete(server.url("/admin/v1/tenants/anonymous/adapters/bot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(answer(&server, "bot").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacing_under_load_fails_no_request_and_switches_outputs() {
+    let server = TestServer::start();
+    let (first, second) = (adapter(51), adapter(52));
+    assert_eq!(
+        upload(&server, "bot", first.path(), None).await.status(),
+        201
+    );
+    let old = answer(&server, "bot").await.1;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, base) = (stop.clone(), server.base.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut body = chat_body("Tell me something", 16);
+                body["model"] = "bot".into();
+                let response = client()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let json: Value = response.json().await.unwrap();
+                seen.push((
+                    status,
+                    json["choices"][0]["message"]["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        upload(&server, "bot", second.path(), Some(1))
+            .await
+            .status(),
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let new = answer(&server, "bot").await.1;
+    assert_ne!(old, new);
+    let mut total = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        total += seen.len();
+        assert!(
+            seen.iter().all(|(status, _)| *status == 200),
+            "zero failed requests: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|(_, text)| *text == old || *text == new),
+            "every answer is one generation's"
+        );
+        assert_eq!(
+            seen.last().map(|(_, text)| text.as_str()),
+            Some(new.as_str()),
+            "clients end on the new generation"
+        );
+        let switched_at = seen
+            .iter()
+            .position(|(_, text)| *text == new)
+            .unwrap_or(seen.len());
+        assert!(
+            seen[switched_at..].iter().all(|(_, text)| *text == new),
+            "no client goes back to the old generation"
+        );
+    }
+    assert!(total > 8, "the load was continuous ({total} requests)");
+    // The old generation is freed once its last request is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "loragate_adapters_resident").await != 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&server, "loragate_adapters_resident").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_evicts_the_least_recently_used_and_reloads_on_demand() {
+    let server = TestServer::with(&[("adapters.max_resident", "1")]);
+    let (a, b) = (adapter(61), adapter(62));
+    assert_eq!(upload(&server, "a", a.path(), None).await.status(), 201);
+    let (_, output_a) = answer(&server, "a").await;
+    assert_eq!(upload(&server, "b", b.path(), None).await.status(), 201);
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_adapter_evictions_total{tenant=\"anonymous\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric(&server, "loragate_adapters_resident").await, 1.0);
+    let info: Value = client()
+        .get(server.url("/admin/v1/tenants/anonymous/adapters/a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["resident"], false);
+    let (status, reloaded) = answer(&server, "a").await;
+    assert_eq!(status, 200);
+    assert_eq!(reloaded, output_a, "a cold reload serves the same adapter");
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_adapter_loads_total{result=\"ok\",tenant=\"anonymous\"}"
+        )
+        .await,
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_adapter_evictions_total{tenant=\"anonymous\"}"
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_for_a_cold_adapter_share_one_load() {
+    let server = TestServer::with(&[("adapters.warm_on_upload", "false")]);
+    assert_eq!(
+        upload(&server, "cold", adapter(71).path(), None)
+            .await
+            .status(),
+        201
+    );
+    let requests = (0..6).map(|_| answer(&server, "cold"));
+    let results = futures_util::future::join_all(requests).await;
+    assert!(
+        results
+            .iter()
+            .all(|(status, text)| *status == 200 && *text == results[0].1)
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_adapter_loads_total{result=\"ok\",tenant=\"anonymous\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_and_use_only_their_adapters() {
+    let (acme, acme_hash) = new_key();
+    let (globex, globex_hash) = new_key();
+    let (admin, admin_hash) = new_key();
+    let toml = format!(
+        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{acme_hash}\"]\n[[tenants]]\nid = \"globex\"\napi_keys = [\"{globex_hash}\"]\n"
+    );
+    let server = TestServer::with_toml(&toml, &[]);
+    let dir = adapter(81);
+    assert_eq!(
+        upload_as(&server, Some(&acme), "acme", "bot", dir.path(), None)
+            .await
+            .status(),
+        403,
+        "tenants cannot upload"
+    );
+    assert_eq!(
+        upload_as(&server, Some(&admin), "acme", "bot", dir.path(), None)
+            .await
+            .status(),
+        201
+    );
+    let chat = |key: String| {
+        let url = server.url("/v1/chat/completions");
+        async move {
+            let mut body = chat_body("hi", 4);
+            body["model"] = "bot".into();
+            authed(client().post(url), &key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(chat(acme.clone()).await, 200);
+    assert_eq!(
+        chat(globex.clone()).await,
+        404,
+        "another tenant's adapter does not exist for globex"
+    );
+    let models: Value = authed(client().get(server.url("/v1/models")), &globex)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["data"].as_array().unwrap().len(),
+        1,
+        "globex sees only the base"
+    );
+    let models: Value = authed(client().get(server.url("/v1/models")), &acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][1]["id"], "bot");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adapters_survive_a_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let store_text = store.path().display().to_string();
+    let output = {
+        let server = TestServer::with(&[("adapters.dir", &store_text)]);
+        assert_eq!(
+            upload(&server, "bot", adapter(91).path(), None)
+                .await
+                .status(),
+            201
+        );
+        assert_eq!(
+            upload(&server, "bot", adapter(92).path(), Some(1))
+                .await
+                .status(),
+            201
+        );
+        answer(&server, "bot").await.1
+    };
+    let server = TestServer::with(&[("adapters.dir", &store_text)]);
+    let info: Value = client()
+        .get(server.url("/admin/v1/tenants/anonymous/adapters/bot"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["generation"], 2);
+    assert_eq!(info["generations"], serde_json::json!([1, 2]));
+    assert_eq!(info["resident"], false, "nothing is loaded until used");
+    assert_eq!(answer(&server, "bot").await, (200, output));
+}
