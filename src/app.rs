@@ -57,6 +57,11 @@ impl AppState {
             .transpose()?;
         let limiter =
             GuardedLimiter::new(redis.clone().zip(config.redis.as_ref()), metrics.clone());
+        let mut tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
+        if !config.auth.enabled {
+            tenants.push("anonymous".into());
+        }
+        metrics.prime(&tenants);
         if !config.auth.enabled {
             tracing::warn!(
                 "authentication is disabled: every caller is the anonymous tenant and an admin"

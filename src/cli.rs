@@ -45,6 +45,15 @@ pub enum Command {
         #[command(subcommand)]
         command: JwtCommand,
     },
+    /// Write a seeded PEFT LoRA adapter for the tiny test model (rank 8, q_proj/v_proj).
+    TinyAdapter {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Upload an adapter to a running gateway (admin key), with a progress bar.
+    Upload(UploadArgs),
     /// Write the deterministic tiny test model (random Llama weights).
     TinyModel {
         /// Output directory (created).
@@ -81,4 +90,24 @@ pub enum JwtCommand {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// Gateway base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Admin API key (or token).
+    #[arg(long, env = "LORAGATE_ADMIN_KEY")]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub name: String,
+    /// Folder with adapter_config.json and adapter_model.safetensors.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The generation being replaced (required to replace an existing adapter).
+    #[arg(long)]
+    pub expected_generation: Option<u64>,
 }

@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
+pub mod upload;

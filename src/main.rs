@@ -63,6 +63,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint(&config, tenant, &scope, subject, ttl_secs)?);
             Ok(())
         }
+        Command::TinyAdapter { out, seed } => {
+            loragate::fixture::lora::write_tiny_adapter(&out, seed)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Command::Upload(args) => {
+            let record = loragate::upload::upload(args).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            Ok(())
+        }
         Command::TinyModel { out, seed } => {
             loragate::fixture::write_tiny_llama(&out, seed)?;
             println!("{}", out.display());

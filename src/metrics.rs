@@ -236,6 +236,30 @@ impl Metrics {
         }
     }
 
+    /// Creates the bounded label combinations at zero, so dashboards show 0
+    /// rather than "no data" and `increase()` sees the first event.
+    pub fn prime(&self, tenants: &[String]) {
+        for reason in ["queue_full", "queue_timeout"] {
+            self.admission_rejections.with_label_values(&[reason]);
+        }
+        for policy in ["fail_open", "fail_closed"] {
+            self.limiter_fallbacks.with_label_values(&[policy]);
+        }
+        for operation in ["acquire", "settle", "renew", "usage_record", "usage_report"] {
+            self.redis_errors.with_label_values(&[operation]);
+        }
+        for tenant in tenants {
+            for limit in ["requests", "tokens", "concurrency"] {
+                self.ratelimit_rejections
+                    .with_label_values(&[tenant, limit]);
+            }
+            for result in ["ok", "error"] {
+                self.adapter_loads.with_label_values(&[tenant, result]);
+            }
+            self.adapter_evictions.with_label_values(&[tenant]);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
