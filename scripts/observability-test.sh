@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# End-to-end test of the observability artifacts: the real gateway on the tiny
+# fixture model (authentication on, two tenants, one limited to 2 requests per
+# minute, Redis deliberately unreachable with fail_open so the Redis panels have
+# data, admission at 1 slot and no queue so a 503 is easy), scraped every second
+# by a real Prometheus that also loads deploy/prometheus/alerts.yml. Then
+# scripts/observability-check.py drives traffic and evaluates every dashboard
+# and alert expression through Prometheus' API, and checks that client-chosen
+# values (1,000 unknown model names, 200 bad keys) add no series.
+#
+# Installs Prometheus from Debian if missing. Loopback only, ports chosen
+# free, everything under one temporary folder, all processes stopped on exit.
+# Uses $LORAGATE_BIN when set (no build); otherwise builds the gateway first.
+# Prints `N passed, M failed` last; exits non-zero on any failure.
+set -euo pipefail
+bin_override="${LORAGATE_BIN:-}"
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/loragate-obs.XXXXXX")
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$status" -ne 0 ]; then
+    for f in gateway.log prometheus.log; do
+      [ -s "$work/$f" ] && { echo "--- last lines of $f"; tail -n 20 "$work/$f"; }
+    done
+    # The summary stays the last line.
+    if [ -s "$work/checks.out" ]; then tail -n 1 "$work/checks.out"
+    else echo "0 passed, 1 failed (setup failed before the checks)"; fi
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- tools -------------------------------------------------------------------
+if ! command -v prometheus >/dev/null; then
+  if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    log "installing Prometheus (Debian package prometheus)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    log "no Debian package prometheus: run apt-get update, or put prometheus on PATH"; exit 1
+  fi
+fi
+PY="$LORAGATE_VENV/bin/python"
+if [ ! -x "$PY" ]; then bash scripts/python-env.sh; fi
+if ! "$PY" -c 'import yaml' 2>/dev/null; then
+  "$LORAGATE_VENV/bin/pip" install --quiet --disable-pip-version-check PyYAML
+fi
+if [ -z "$bin_override" ]; then
+  log "building the gateway"
+  cargo build --locked --bin loragate
+fi
+cp "${bin_override:-$LORAGATE_BIN}" "$work/loragate"   # immune to a concurrent rebuild
+BIN="$work/loragate"
+
+# ---- gateway on the tiny model, two tenants ----------------------------------------
+"$BIN" tiny-model --out "$work/tiny" >/dev/null
+new_key() { # prints "KEY HASH" for a new key of tenant $1
+  "$BIN" keys create --tenant "$1" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
+}
+read -r alpha_key alpha_hash < <(new_key alpha)
+read -r beta_key beta_hash < <(new_key beta)
+gateway_port=$(free_port)
+prometheus_port=$(free_port)
+dead_redis_port=$(free_port)   # nothing listens there
+{ cat config/default.toml
+  printf '\n[redis]\nurl = "redis://127.0.0.1:%s/0"\non_failure = "fail_open"\ntimeout_ms = 100\n' "$dead_redis_port"
+  printf '\n[[tenants]]\nid = "alpha"\napi_keys = ["%s"]\n' "$alpha_hash"
+  printf '\n[[tenants]]\nid = "beta"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 2\n' "$beta_hash"
+} > "$work/gateway.toml"
+# Keep the adapter store inside the temporary folder (by default it is next to
+# the config file); a binary from before [adapters] existed has no such key.
+adapters_env=()
+if LORAGATE__ADAPTERS__DIR="$work/adapters" LORAGATE__MODEL__PATH="$work/tiny" \
+   LORAGATE__MODEL__FORMAT=safetensors "$BIN" check-config --config "$work/gateway.toml" >/dev/null 2>&1; then
+  adapters_env=(LORAGATE__ADAPTERS__DIR="$work/adapters")
+fi
+
+log "gateway on 127.0.0.1:$gateway_port (tiny model, auth on, Redis unreachable)"
+env "${adapters_env[@]}" \
+LORAGATE__SERVER__BIND="127.0.0.1:$gateway_port" \
+LORAGATE__SERVER__WORKERS=2 \
+LORAGATE__MODEL__SERVED_NAME=tiny \
+LORAGATE__MODEL__PATH="$work/tiny" \
+LORAGATE__MODEL__FORMAT=safetensors \
+LORAGATE__MODEL__DTYPE=f32 \
+LORAGATE__AUTH__ENABLED=true \
+LORAGATE__ADMISSION__MAX_IN_FLIGHT=1 \
+LORAGATE__ADMISSION__MAX_QUEUED=0 \
+LORAGATE__LOGGING__LEVEL=error \
+  "$BIN" serve --config "$work/gateway.toml" > "$work/gateway.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$gateway_port/ready" "$!" 60
+
+# ---- Prometheus, 1 s scrapes, with the alert rules -----------------------------
+cat > "$work/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $ROOT/deploy/prometheus/alerts.yml
+scrape_configs:
+  - job_name: loragate
+    static_configs:
+      - targets: ["127.0.0.1:$gateway_port"]
+YAML
+log "Prometheus on 127.0.0.1:$prometheus_port"
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus-data" \
+  --web.listen-address="127.0.0.1:$prometheus_port" --log.level=warn > "$work/prometheus.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$prometheus_port/-/ready" "$!" 60
+
+# ---- the checks --------------------------------------------------------------------
+log "traffic, label bounds, dashboard and alert PromQL"
+timeout 150 "$PY" -u scripts/observability-check.py "$ROOT" "http://127.0.0.1:$gateway_port" \
+  "http://127.0.0.1:$prometheus_port" "$alpha_key" "$beta_key" | tee "$work/checks.out"
