@@ -84,6 +84,14 @@ pub struct ModelConfig {
     pub prefix_cache_entries: usize,
     pub default_max_tokens: Option<usize>,
     pub owned_by: String,
+    /// `Some` when paged attention is on.
+    pub paged_attention: Option<PagedAttention>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedAttention {
+    pub block_size: usize,
+    pub context_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +219,32 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     if model.max_num_seqs == 0 {
         return Err(ConfigError::key("model.max_num_seqs", "must be positive"));
     }
+    let paged = &model.paged_attention;
+    let paged_attention = match paged.enabled {
+        false => None,
+        true if model.device != DeviceKind::Cuda => {
+            return Err(ConfigError::key(
+                "model.paged_attention.enabled",
+                "paged attention needs model.device = \"cuda\" (the engine has no CPU paged attention)",
+            ));
+        }
+        true if ![8, 16, 32].contains(&paged.block_size) => {
+            return Err(ConfigError::key(
+                "model.paged_attention.block_size",
+                "must be 8, 16 or 32",
+            ));
+        }
+        true if paged.context_tokens < paged.block_size => {
+            return Err(ConfigError::key(
+                "model.paged_attention.context_tokens",
+                "must hold at least one block",
+            ));
+        }
+        true => Some(PagedAttention {
+            block_size: paged.block_size,
+            context_tokens: paged.context_tokens,
+        }),
+    };
     if model.default_max_tokens == Some(0) {
         return Err(ConfigError::key(
             "model.default_max_tokens",
@@ -275,6 +309,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             prefix_cache_entries: model.prefix_cache_entries,
             default_max_tokens: model.default_max_tokens,
             owned_by: model.owned_by,
+            paged_attention,
         },
         admission: AdmissionConfig {
             max_in_flight: admission.max_in_flight,

@@ -161,6 +161,33 @@ pub struct RawModel {
     pub default_max_tokens: Option<usize>,
     #[serde(default = "default_owned_by")]
     pub owned_by: String,
+    #[serde(default)]
+    pub paged_attention: RawPagedAttention,
+}
+
+/// Paged attention (CUDA builds only). Every loaded model, the base and each
+/// resident adapter, gets its own KV-cache pool of `context_tokens`, so a
+/// second model never starves the first: budget GPU memory as
+/// (1 + adapters.max_resident) × (weights + KV pool).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagedAttention {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Tokens per KV block: 8, 16 or 32.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// KV-cache capacity per model, in tokens (all its sequences together).
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: usize,
+}
+
+fn default_block_size() -> usize {
+    32
+}
+
+fn default_context_tokens() -> usize {
+    32768
 }
 
 fn default_max_num_seqs() -> usize {

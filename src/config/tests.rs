@@ -122,3 +122,23 @@ fn relative_paths_resolve_against_the_config_folder() {
     let config = Config::from_toml_str(text, no_env(), dir.path()).unwrap();
     assert_eq!(config.model.path, dir.path().join("m.gguf"));
 }
+
+#[test]
+fn paged_attention_is_checked() {
+    let file = model_file();
+    let on_cpu = format!(
+        "{}[model.paged_attention]\nenabled = true\n",
+        minimal(file.path())
+    );
+    let error = Config::from_toml_str(&on_cpu, no_env(), Path::new("/")).unwrap_err();
+    assert_eq!(key_of(error), "model.paged_attention.enabled");
+    let off = format!(
+        "{}[model.paged_attention]\nenabled = false\nblock_size = 7\n",
+        minimal(file.path())
+    );
+    let config = Config::from_toml_str(&off, no_env(), Path::new("/")).unwrap();
+    assert_eq!(
+        config.model.paged_attention, None,
+        "disabled settings are not checked or used"
+    );
+}

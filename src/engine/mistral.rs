@@ -16,8 +16,9 @@ use either::Either;
 use indexmap::IndexMap;
 use mistralrs::core::{RequestMessage, TokenizationRequest};
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, GgufModelBuilder, Model, ModelDType, MultiModelBuilder,
-    NormalRequest, Request, Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
+    Constraint, CustomLogitsProcessor, GgufModelBuilder, MemoryGpuConfig, Model, ModelDType,
+    MultiModelBuilder, NormalRequest, PagedAttentionConfig, PagedAttentionMetaBuilder, Request,
+    Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
 };
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
@@ -52,7 +53,7 @@ impl MistralEngine {
         let builder = match config.format {
             ModelFormat::Gguf => builder.add_model_with_alias(&served, gguf_builder(config)?),
             ModelFormat::Safetensors => {
-                builder.add_model_with_alias(&served, safetensors_builder(config))
+                builder.add_model_with_alias(&served, safetensors_builder(config)?)
             }
         };
         let model = builder.build().await?;
@@ -176,21 +177,42 @@ fn gguf_builder(config: &ModelConfig) -> anyhow::Result<GgufModelBuilder> {
     let mut builder = GgufModelBuilder::new(dir, vec![file])
         .with_max_num_seqs(config.max_num_seqs)
         .with_prefix_cache_n(prefix_cache(config));
+    if let Some(paged) = paged_attention(config)? {
+        builder = builder.with_paged_attn(paged);
+    }
     if config.device == DeviceKind::Cpu {
         builder = builder.with_force_cpu();
     }
     Ok(builder)
 }
 
-fn safetensors_builder(config: &ModelConfig) -> TextModelBuilder {
+fn safetensors_builder(config: &ModelConfig) -> anyhow::Result<TextModelBuilder> {
     let mut builder = TextModelBuilder::new(config.path.display())
         .with_dtype(dtype(config))
         .with_max_num_seqs(config.max_num_seqs)
         .with_prefix_cache_n(prefix_cache(config));
+    if let Some(paged) = paged_attention(config)? {
+        builder = builder.with_paged_attn(paged);
+    }
     if config.device == DeviceKind::Cpu {
         builder = builder.with_force_cpu();
     }
-    builder
+    Ok(builder)
+}
+
+/// The engine's paged-attention settings: a fixed KV pool per model.
+pub(super) fn paged_attention(
+    config: &ModelConfig,
+) -> anyhow::Result<Option<PagedAttentionConfig>> {
+    config
+        .paged_attention
+        .map(|paged| {
+            PagedAttentionMetaBuilder::default()
+                .with_block_size(paged.block_size)
+                .with_gpu_memory(MemoryGpuConfig::ContextSize(paged.context_tokens))
+                .build()
+        })
+        .transpose()
 }
 
 fn prefix_cache(config: &ModelConfig) -> Option<usize> {

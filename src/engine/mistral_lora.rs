@@ -15,14 +15,14 @@ use mistralrs::core::{
     LoraAdapterPaths, ModelPaths, NormalLoaderBuilder, NormalSpecificConfig,
 };
 use mistralrs::core::{AddModelConfig, Pipeline};
-use mistralrs::{DefaultSchedulerMethod, Model, ModelDType, SchedulerConfig};
+use mistralrs::{DefaultSchedulerMethod, Model, ModelDType, PagedAttentionConfig, SchedulerConfig};
 use tokio::sync::Mutex;
 
 use super::{AdapterFiles, EngineError};
 use crate::config::ModelConfig;
 
 /// What an adapter pipeline is built from: the base model folder.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BaseFiles {
     dir: PathBuf,
     weights: Vec<PathBuf>,
@@ -30,6 +30,8 @@ pub struct BaseFiles {
     force_cpu: bool,
     max_num_seqs: usize,
     prefix_cache_entries: usize,
+    /// Each adapter model gets its own fixed-size KV pool.
+    paged: Option<PagedAttentionConfig>,
 }
 
 impl BaseFiles {
@@ -48,6 +50,8 @@ impl BaseFiles {
             force_cpu: config.device == crate::config::DeviceKind::Cpu,
             max_num_seqs: config.max_num_seqs,
             prefix_cache_entries: config.prefix_cache_entries,
+            paged: super::mistral::paged_attention(config)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
         })
     }
 
@@ -104,7 +108,7 @@ fn build_pipeline(
         true,
         DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
         None,
-        None,
+        base.paged,
     )?;
     mistralrs_quant::clear_applied_loras();
     Ok(pipeline)
@@ -132,6 +136,19 @@ pub async fn add_adapter_model(
             EngineError::Rejected(format!("the engine could not load the adapter: {e}"))
         })?;
     let seqs = NonZeroUsize::new(base.max_num_seqs).unwrap_or(NonZeroUsize::MIN);
+    let cache = match base.paged {
+        Some(_) => pipeline.lock().await.get_metadata().cache_config.clone(),
+        None => None,
+    };
+    let scheduler = match cache {
+        Some(config) => SchedulerConfig::PagedAttentionMeta {
+            max_num_seqs: base.max_num_seqs,
+            config,
+        },
+        None => SchedulerConfig::DefaultScheduler {
+            method: DefaultSchedulerMethod::Fixed(seqs),
+        },
+    };
     let engine_config = EngineConfig {
         no_prefix_cache: base.prefix_cache_entries == 0,
         prefix_cache_n: base.prefix_cache_entries.max(1),
@@ -141,9 +158,7 @@ pub async fn add_adapter_model(
         .add_model(
             id.to_string(),
             pipeline,
-            SchedulerConfig::DefaultScheduler {
-                method: DefaultSchedulerMethod::Fixed(seqs),
-            },
+            scheduler,
             AddModelConfig::new(engine_config),
         )
         .await
