@@ -3,7 +3,7 @@
 //! adapter → first token, warm request → first token, and resident memory
 //! per adapter (RSS growth per loaded adapter model).
 //!
-//! Run: `cargo run --example adapter_latency -- [BASE_DIR] [RUNS]`
+//! Run: `cargo run --example adapter_latency -- [BASE_DIR] [RUNS] [DTYPE]`
 //! (BASE_DIR: a Hugging Face safetensors folder; default: a fresh tiny model).
 
 use std::path::{Path, PathBuf};
@@ -102,10 +102,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
+    let dtype = args.get(3).map(String::as_str).unwrap_or("f32");
     let text = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[model]\nserved_name = \"base\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"f32\"\n[adapters]\ndir = \"{}\"\nmax_resident = 1\n[auth]\nenabled = false\n[logging]\nlevel = \"error\"\n",
+        "[server]\nbind = \"127.0.0.1:0\"\n[model]\nserved_name = \"base\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"{dtype}\"\n[adapters]\ndir = \"{}\"\nmax_resident = 1\n[auth]\nenabled = false\n[logging]\nlevel = \"error\"\n",
         base_dir.display(),
-        scratch.path().join("store").display()
+        scratch.path().join("store").display(),
     );
     let config = Config::from_toml_str(&text, Vec::new(), Path::new("/"))?;
     loragate::telemetry::init(&config.logging);
@@ -142,9 +143,8 @@ async fn main() -> anyhow::Result<()> {
     }
     handle.stop(true).await;
     println!(
-        "base: {} ({} runs, rank-8 q_proj/v_proj adapters, max_resident = 1)",
-        base_dir.display(),
-        runs
+        "base: {} ({dtype}, {runs} runs, rank-8 q_proj/v_proj adapters, max_resident = 1)",
+        base_dir.display()
     );
     println!("{:<40} {:>10}", "measure", "p50");
     println!(

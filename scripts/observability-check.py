@@ -2,24 +2,34 @@
 """The checks of scripts/observability-test.sh, against a live gateway and a
 Prometheus scraping it every second (both started by that script).
 
-  1. traffic: non-streamed and streamed completions, 404 (unknown model),
-     401 (bad and missing key), 429 (tenant limit), 503 (admission queue full),
-     a stream cancelled by its client;
+  1. traffic: non-streamed and streamed completions; adapters for the
+     unlimited tenant (the gateway keeps one resident): a1 uploaded through the
+     admin API (loaded on upload), a2 uploaded with `loragate upload` (loaded,
+     evicts a1), a chat with a1 (cold reload, evicts a2), so 3 loads, 2
+     evictions, 1 resident; 404 (unknown model), 401 (bad and missing key), 429
+     (tenant limit), 503 (admission queue full), a stream cancelled by its
+     client;
   2. label bounds: 1,000 distinct unknown model names and 200 distinct bad keys
      add no series to /metrics;
   3. every PromQL expression of the dashboard (panels and variables) and of
      alerts.yml is evaluated through Prometheus' HTTP API: all must parse, all
-     dashboard expressions must return data, except the panels listed in
-     EXPECTED_EMPTY_UNTIL_ADAPTERS; every alert rule must evaluate healthily.
+     dashboard expressions must return data; every alert rule must evaluate
+     healthily;
+  4. the numbers Prometheus holds match the traffic.
 
 usage: observability-check.py ROOT GATEWAY_URL PROMETHEUS_URL KEY_UNLIMITED KEY_LIMITED
-Prints one ok/FAIL line per check and `N passed, M failed` last.
+                              ADMIN_KEY LORAGATE_BIN ADAPTER_DIR_1 ADAPTER_DIR_2
+(the unlimited tenant is "alpha"; each adapter folder holds adapter_config.json
+and adapter_model.safetensors). Prints one ok/FAIL line per check and
+`N passed, M failed` last.
 """
 
 import http.client
 import json
+import math
 import re
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -29,20 +39,14 @@ from pathlib import Path
 
 import yaml
 
-ROOT, GATEWAY, PROMETHEUS, KEY, LIMITED_KEY = sys.argv[1:6]
+ROOT, GATEWAY, PROMETHEUS, KEY, LIMITED_KEY, ADMIN_KEY, BIN, ADAPTER_1, ADAPTER_2 = sys.argv[1:10]
 ROOT = Path(ROOT)
 MODEL = "tiny"
+TENANT = "alpha"  # the tenant of KEY
 
-# Panels whose metrics have no samples until adapters are implemented
-# (loragate_adapter_loads_total, _evictions_total, _load_duration_seconds are
-# registered but never observed yet). Their expressions must still parse; once
-# adapters land and the test drives a load, delete them from this list.
-EXPECTED_EMPTY_UNTIL_ADAPTERS = {
-    "Adapter loads by result",
-    "Adapter load failures",
-    "Adapter evictions",
-    "Adapter load duration p50/p95",
-}
+# Panels whose values must be numbers, not NaN (a quantile over buckets that
+# did not move in the window is NaN, which would still count as "data").
+MUST_BE_NUMBERS = {"Adapter load duration p50/p95"}
 
 # Grafana's variables, as the test sets them ("All" tenants is `.*`).
 SUBSTITUTIONS = {
@@ -118,6 +122,50 @@ def get(path, key=None):
         return e.code, e.read().decode()
 
 
+def admin_get(path):
+    status, text = get(path, ADMIN_KEY)
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def upload_adapter(tenant, name, folder):
+    """POST /admin/v1/tenants/{tenant}/adapters as multipart/form-data; returns (status, body)."""
+    boundary = "loragate-obs-boundary-7f3a9c"
+    parts = [(b'name="name"', name.encode())]
+    for field, filename in (("adapter_config", "adapter_config.json"),
+                            ("adapter_model", "adapter_model.safetensors")):
+        parts.append((f'name="{field}"; filename="{filename}"\r\ncontent-type: application/octet-stream'.encode(),
+                      (Path(folder) / filename).read_bytes()))
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\ncontent-disposition: form-data; " + head + b"\r\n\r\n" + data + b"\r\n"
+        for head, data in parts
+    ) + b"--" + boundary.encode() + b"--\r\n"
+    conn = http.client.HTTPConnection(gw.hostname, gw.port, timeout=150)
+    conn.request("POST", f"/admin/v1/tenants/{tenant}/adapters", body, {
+        "authorization": f"Bearer {ADMIN_KEY}",
+        "content-type": f"multipart/form-data; boundary={boundary}",
+    })
+    response = conn.getresponse()
+    text = response.read().decode("utf-8", "replace")
+    conn.close()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:
+        return response.status, text
+
+
+def exposed(text, family, **labels):
+    """The value of one series of the gateway's own exposition (None if absent)."""
+    for line in series_lines(text, family):
+        name_labels, _, value = line.rpartition(" ")
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', name_labels))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
 def open_stream(key, max_tokens=1900):
     """Starts a long stream on a raw socket and returns it after the first bytes of body."""
     body = chat_body(stream=True, max_tokens=max_tokens).encode()
@@ -180,6 +228,65 @@ def main():
     check("streamed completions answer 200 and end with [DONE]",
           all(s == 200 and "data: [DONE]" in t for s, t in streams), [s for s, _ in streams])
     check("GET /v1/models answers 200", get("/v1/models", KEY)[0] == 200)
+
+    # ------------------------------------------------------------- adapters
+    metrics = get("/metrics")[1]
+    check("adapter counters are primed at zero for the tenants (failures series present)",
+          all(exposed(metrics, "loragate_adapter_loads_total", tenant=t, result=r) == 0
+              for t in ("alpha", "beta") for r in ("ok", "error"))
+          and all(exposed(metrics, "loragate_adapter_evictions_total", tenant=t) == 0 for t in ("alpha", "beta")))
+    load_count = f'sum(loragate_adapter_load_duration_seconds_count{{tenant="{TENANT}"}})'
+
+    status, body = upload_adapter(TENANT, "a1", ADAPTER_1)
+    check("upload of a1 through the admin API answers 201, loaded (warm on upload)",
+          status == 201 and isinstance(body, dict) and body.get("resident") is True, (status, body))
+    # A scrape between the loads, so that rate() over the load-duration
+    # histogram sees an increase (its series appear with the first load).
+    check("Prometheus has scraped the first adapter load",
+          wait_for(lambda: (scalar(load_count) or 0) >= 1, 20))
+
+    cli = subprocess.run([BIN, "upload", "--url", GATEWAY, "--key", ADMIN_KEY, "--tenant", TENANT,
+                          "--name", "a2", "--dir", ADAPTER_2],
+                         capture_output=True, text=True, timeout=150)
+    check("upload of a2 with `loragate upload` succeeds", cli.returncode == 0,
+          (cli.returncode, (cli.stdout + cli.stderr)[-400:]))
+    a1, a2 = admin_get(f"/admin/v1/tenants/{TENANT}/adapters/a1"), admin_get(f"/admin/v1/tenants/{TENANT}/adapters/a2")
+    check("a2 is resident and a1 was evicted (max_resident = 1)",
+          a1[0] == 200 and a2[0] == 200 and a2[1].get("resident") is True and a1[1].get("resident") is False,
+          (a1, a2))
+    check("Prometheus has scraped the second adapter load",
+          wait_for(lambda: (scalar(load_count) or 0) >= 2, 20))
+
+    # The generation slot may still be settling after the last stream.
+    for attempt in range(40):
+        status, text = chat(KEY, model="a1")
+        if status != 503:
+            break
+        time.sleep(0.1)
+    check("chat with the evicted adapter a1 answers 200 (cold reload)"
+          + (f" after {attempt} refusals while the slot settled" if attempt else ""),
+          status == 200, (status, text[:300]))
+    a1, a2 = admin_get(f"/admin/v1/tenants/{TENANT}/adapters/a1"), admin_get(f"/admin/v1/tenants/{TENANT}/adapters/a2")
+    check("a1 is resident again and a2 was evicted",
+          a1[0] == 200 and a2[0] == 200 and a1[1].get("resident") is True and a2[1].get("resident") is False,
+          (a1, a2))
+
+    metrics = get("/metrics")[1]
+    for family, labels, expected in (
+        ("loragate_adapter_loads_total", {"tenant": TENANT, "result": "ok"}, 3),
+        ("loragate_adapter_loads_total", {"tenant": TENANT, "result": "error"}, 0),
+        ("loragate_adapter_evictions_total", {"tenant": TENANT}, 2),
+        ("loragate_adapter_load_duration_seconds_count", {"tenant": TENANT}, 3),
+        ("loragate_adapter_loads_total", {"tenant": "beta", "result": "ok"}, 0),
+        ("loragate_adapter_evictions_total", {"tenant": "beta"}, 0),
+        ("loragate_adapters_resident", {}, 1),
+    ):
+        value = exposed(metrics, family, **labels)
+        selector = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        check(f"/metrics {family}{{{selector}}} == {expected} (is {value})", value == expected)
+    value = exposed(metrics, "loragate_adapters_resident_bytes")
+    check(f"/metrics loragate_adapters_resident_bytes > 0 (is {value})", value is not None and value > 0)
+
     status, text = chat(KEY, model="no-such-model")
     check("unknown model answers 404", status == 404 and "model_not_found" in text, status)
     check("bad key answers 401", chat("lg-not-a-real-key")[0] == 401)
@@ -284,18 +391,17 @@ def main():
                      answer.get("error", answer)):
             continue
         result = answer["data"]["result"]
-        if title in EXPECTED_EMPTY_UNTIL_ADAPTERS:
-            if result:
-                print(f"note [{title}] now returns data: remove it from EXPECTED_EMPTY_UNTIL_ADAPTERS")
-            continue
         check(f"[{title}] returns data", len(result) > 0, "empty result")
+        if title in MUST_BE_NUMBERS and result:
+            values = [float(r["value"][1]) for r in result]
+            check(f"[{title}] is a number, not NaN", all(math.isfinite(v) for v in values), values)
         if title.startswith("variable $") and variable_values:
             label = variable_values.get(title.split("$", 1)[1])
             values = sorted(r["metric"].get(label, "") for r in result)
             check(f"[{title}] lists both tenants", {"alpha", "beta"} <= set(values), values)
 
-    missing_titles = EXPECTED_EMPTY_UNTIL_ADAPTERS - {t for t, _ in exprs}
-    check("EXPECTED_EMPTY_UNTIL_ADAPTERS names existing panels", not missing_titles, missing_titles)
+    missing_titles = MUST_BE_NUMBERS - {t for t, _ in exprs}
+    check("MUST_BE_NUMBERS names existing panels", not missing_titles, missing_titles)
 
     rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
     alert_count = 0
@@ -333,11 +439,23 @@ def main():
         'sum(loragate_time_to_first_token_seconds_count{tenant="alpha", model="tiny"})': 6,
         'sum(loragate_http_requests_total{route="/v1/chat/completions", status="404"})': 1001,
         'count(count by (status) (loragate_http_requests_total{route="/v1/chat/completions", status=~"200|401|404|429|503"}))': 5,
-        'loragate_adapters_resident': 0,
+        'sum(loragate_requests_finished_total{tenant="alpha", model="a1", reason=~"stop|length"})': 1,
+        'sum(loragate_adapters_resident_bytes)': 1,
     }
     for expr, minimum in sanity.items():
         value = scalar(expr)
         check(f"{expr} >= {minimum} (is {value})", value is not None and value >= minimum)
+    exact = {
+        'sum(loragate_adapter_loads_total{tenant="alpha", result="ok"})': 3,
+        'sum(loragate_adapter_loads_total{tenant="alpha", result="error"})': 0,
+        'sum(loragate_adapter_evictions_total{tenant="alpha"})': 2,
+        'sum(loragate_adapter_load_duration_seconds_count{tenant="alpha"})': 3,
+        'sum(loragate_adapter_loads_total{tenant="beta"})': 0,
+        'sum(loragate_adapters_resident)': 1,
+    }
+    for expr, expected in exact.items():
+        value = scalar(expr)
+        check(f"{expr} == {expected} (is {value})", value == expected)
 
 
 

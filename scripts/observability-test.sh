@@ -2,11 +2,15 @@
 # End-to-end test of the observability artifacts: the real gateway on the tiny
 # fixture model (authentication on, two tenants, one limited to 2 requests per
 # minute, Redis deliberately unreachable with fail_open so the Redis panels have
-# data, admission at 1 slot and no queue so a 503 is easy), scraped every second
-# by a real Prometheus that also loads deploy/prometheus/alerts.yml. Then
-# scripts/observability-check.py drives traffic and evaluates every dashboard
-# and alert expression through Prometheus' API, and checks that client-chosen
-# values (1,000 unknown model names, 200 bad keys) add no series.
+# data, admission at 1 slot and no queue so a 503 is easy, an admin key, room
+# for one resident adapter so that a second one evicts the first, the adapter
+# store under the temporary folder), scraped every second by a real Prometheus
+# that also loads deploy/prometheus/alerts.yml. Then
+# scripts/observability-check.py drives traffic (adapter uploads, an eviction
+# and a cold reload included), evaluates every dashboard and alert expression
+# through Prometheus' API (every dashboard expression must return data), and
+# checks that client-chosen values (1,000 unknown model names, 200 bad keys)
+# add no series.
 #
 # Installs Prometheus from Debian if missing. Loopback only, ports chosen
 # free, everything under one temporary folder, all processes stopped on exit.
@@ -60,29 +64,30 @@ BIN="$work/loragate"
 
 # ---- gateway on the tiny model, two tenants ----------------------------------------
 "$BIN" tiny-model --out "$work/tiny" >/dev/null
-new_key() { # prints "KEY HASH" for a new key of tenant $1
-  "$BIN" keys create --tenant "$1" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
+"$BIN" tiny-adapter --out "$work/adapter-a1" --seed 1 >/dev/null
+"$BIN" tiny-adapter --out "$work/adapter-a2" --seed 2 >/dev/null
+new_key() { # prints "KEY HASH" for a new key of tenant $1 (or of an admin: --admin)
+  local who=(--tenant "$1"); [ "$1" = --admin ] && who=(--admin)
+  "$BIN" keys create "${who[@]}" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
 }
 read -r alpha_key alpha_hash < <(new_key alpha)
 read -r beta_key beta_hash < <(new_key beta)
+read -r admin_key admin_hash < <(new_key --admin)
 gateway_port=$(free_port)
 prometheus_port=$(free_port)
 dead_redis_port=$(free_port)   # nothing listens there
-{ cat config/default.toml
+# The admin key goes into the existing [auth] table (environment overrides
+# take scalars only); `enabled` is set through the environment below.
+grep -qx '\[auth\]' config/default.toml || { log "config/default.toml has no [auth] table"; exit 1; }
+{ awk -v hash="$admin_hash" '{ print } $0 == "[auth]" { printf "admin_api_keys = [\"%s\"]\n", hash }' config/default.toml
   printf '\n[redis]\nurl = "redis://127.0.0.1:%s/0"\non_failure = "fail_open"\ntimeout_ms = 100\n' "$dead_redis_port"
   printf '\n[[tenants]]\nid = "alpha"\napi_keys = ["%s"]\n' "$alpha_hash"
   printf '\n[[tenants]]\nid = "beta"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 2\n' "$beta_hash"
 } > "$work/gateway.toml"
-# Keep the adapter store inside the temporary folder (by default it is next to
-# the config file); a binary from before [adapters] existed has no such key.
-adapters_env=()
-if LORAGATE__ADAPTERS__DIR="$work/adapters" LORAGATE__MODEL__PATH="$work/tiny" \
-   LORAGATE__MODEL__FORMAT=safetensors "$BIN" check-config --config "$work/gateway.toml" >/dev/null 2>&1; then
-  adapters_env=(LORAGATE__ADAPTERS__DIR="$work/adapters")
-fi
 
-log "gateway on 127.0.0.1:$gateway_port (tiny model, auth on, Redis unreachable)"
-env "${adapters_env[@]}" \
+log "gateway on 127.0.0.1:$gateway_port (tiny model, auth on, Redis unreachable, 1 resident adapter)"
+LORAGATE__ADAPTERS__DIR="$work/adapters" \
+LORAGATE__ADAPTERS__MAX_RESIDENT=1 \
 LORAGATE__SERVER__BIND="127.0.0.1:$gateway_port" \
 LORAGATE__SERVER__WORKERS=2 \
 LORAGATE__MODEL__SERVED_NAME=tiny \
@@ -118,4 +123,5 @@ wait_ready "http://127.0.0.1:$prometheus_port/-/ready" "$!" 60
 # ---- the checks --------------------------------------------------------------------
 log "traffic, label bounds, dashboard and alert PromQL"
 timeout 150 "$PY" -u scripts/observability-check.py "$ROOT" "http://127.0.0.1:$gateway_port" \
-  "http://127.0.0.1:$prometheus_port" "$alpha_key" "$beta_key" | tee "$work/checks.out"
+  "http://127.0.0.1:$prometheus_port" "$alpha_key" "$beta_key" "$admin_key" "$BIN" \
+  "$work/adapter-a1" "$work/adapter-a2" | tee "$work/checks.out"

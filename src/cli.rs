@@ -54,6 +54,14 @@ pub enum Command {
     },
     /// Upload an adapter to a running gateway (admin key), with a progress bar.
     Upload(UploadArgs),
+    /// Convert a Llama GGUF file into a safetensors model folder (f32), the
+    /// form adapters can be applied to.
+    ConvertGguf {
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the deterministic tiny test model (random Llama weights).
     TinyModel {
         /// Output directory (created).

@@ -15,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod fixture;

@@ -73,6 +73,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&record)?);
             Ok(())
         }
+        Command::ConvertGguf { input, out } => {
+            loragate::convert::convert_gguf(&input, &out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Command::TinyModel { out, seed } => {
             loragate::fixture::write_tiny_llama(&out, seed)?;
             println!("{}", out.display());

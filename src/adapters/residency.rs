@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 
 type Load = Shared<BoxFuture<'static, Result<(), String>>>;
 
+/// How often a load waiting for a free slot looks again.
+const SLOT_POLL: Duration = Duration::from_millis(25);
+
 struct Slot {
     tenant: String,
     in_flight: usize,
@@ -116,7 +119,8 @@ impl Residency {
             .is_some_and(|slot| !slot.retired)
     }
 
-    /// Holds `record` loaded for one request, loading it first if needed.
+    /// Holds `record` loaded for one request, loading it first if needed;
+    /// when every slot is busy it waits (up to the load timeout) for one.
     pub async fn acquire(
         self: &Arc<Self>,
         engine: Arc<dyn Engine>,
@@ -140,7 +144,16 @@ impl Residency {
                 }
                 match state.loading.get(&id) {
                     Some(load) => load.clone(),
-                    None => self.start_load(&mut state, engine.clone(), record, &id)?,
+                    None => match self.start_load(&mut state, engine.clone(), record, &id) {
+                        Ok(load) => load,
+                        // Every slot is serving a request: wait for one to finish.
+                        Err(AdapterError::Busy) if Instant::now() < deadline => {
+                            drop(state);
+                            tokio::time::sleep(SLOT_POLL).await;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    },
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
