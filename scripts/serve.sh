@@ -5,4 +5,5 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 bash scripts/fetch-default-model.sh >/dev/null
+if [ "${LORAGATE_CONFIG:-}" = config/adapters.toml ]; then bash scripts/convert-default-model.sh >/dev/null; fi
 exec cargo run --quiet --bin loragate -- serve --config "${LORAGATE_CONFIG:-config/default.toml}" "$@"

@@ -18,13 +18,19 @@ ensure_redis() {
 }
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/loragate-test.XXXXXX")
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$scratch"
+}
 trap cleanup EXIT
 
 # Starts the gateway with CONFIG on a free port; sets URL.
 start_gateway() {
   local config=$1 port; port=$(free_port)
   URL="http://127.0.0.1:$port"
+  # Each gateway gets a scratch adapter store, not the repository's adapters/.
+  LORAGATE__ADAPTERS__DIR="$scratch/adapters-$port" \
   LORAGATE__SERVER__BIND="127.0.0.1:$port" "$LORAGATE_BIN" serve --config "$config" \
     > "$LORAGATE_CACHE/gateway-$port.log" 2>&1 &
   pids+=($!)
@@ -50,6 +56,13 @@ LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
 kill "${pids[-1]}"
 
+log "the default model converted to safetensors (the adapter route): same SDK tests"
+bash scripts/convert-default-model.sh >/dev/null
+start_gateway config/adapters.toml
+LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
+kill "${pids[-1]}"
+
 log "tiny fixture model with tenants: schemathesis, then the SDK against limits"
 # The tiny model is served under the default name so the spec's examples
 # reach a real model instead of stopping at 404.
@@ -69,3 +82,9 @@ start_gateway "$LORAGATE_CACHE/tiny-tenants.toml"
 bash scripts/schemathesis.sh "$URL" "$schema_key"
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct LORAGATE_TENANT_KEY="$sdk_key" \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_tenancy_sdk.py
+kill "${pids[-1]}"
+
+log "deployment files"
+LORAGATE_BIN="$LORAGATE_BIN" bash scripts/check-deploy.sh
+log "Prometheus against the live gateway: every dashboard and alert expression"
+LORAGATE_BIN="$LORAGATE_BIN" bash scripts/observability-test.sh

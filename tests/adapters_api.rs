@@ -559,3 +559,39 @@ async fn adapters_survive_a_restart() {
     assert_eq!(info["resident"], false, "nothing is loaded until used");
     assert_eq!(answer(&server, "bot").await, (200, output));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_waits_for_a_busy_slot_instead_of_failing() {
+    let server = TestServer::with(&[("adapters.max_resident", "1")]);
+    assert_eq!(
+        upload(&server, "a", adapter(101).path(), None)
+            .await
+            .status(),
+        201
+    );
+    // A long stream keeps "a" in use, so the only slot cannot be freed yet.
+    let mut body = chat_body("Keep going", 1500);
+    body["model"] = "a".into();
+    body["stream"] = true.into();
+    let stream = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let started = Instant::now();
+    let second = adapter(102);
+    let pending = upload(&server, "b", second.path(), None);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(stream);
+    };
+    let (uploaded, ()) = tokio::join!(pending, release);
+    assert_eq!(uploaded.status(), 201, "the upload waited for the slot");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it could not have loaded before the stream ended"
+    );
+    assert_eq!(answer(&server, "b").await.0, 200);
+}

@@ -75,13 +75,21 @@ async fn two_gateways_admit_exactly_the_limit_between_them() {
     });
     let results = futures_util::future::join_all(requests).await;
     let mut admitted = [0usize; 2];
-    let mut limited = 0;
+    let mut refused = [0usize; 2];
     for (gateway, status) in results {
         match status.expect("every request is answered") {
             200 => admitted[gateway] += 1,
-            429 => limited += 1,
+            429 => refused[gateway] += 1,
             other => panic!("unexpected status {other}"),
         }
+    }
+    let limited = refused[0] + refused[1];
+    for gateway in 0..2 {
+        assert_eq!(
+            admitted[gateway] + refused[gateway],
+            REQUESTS / 2,
+            "gateway {gateway} decided every request"
+        );
     }
     println!(
         "two-process admission: limit {LIMIT}, {REQUESTS} concurrent requests -> admitted {} (gateway A {}, gateway B {}), refused {limited}",

@@ -143,18 +143,18 @@ impl Residency {
                     });
                 }
                 match state.loading.get(&id) {
-                    Some(load) => load.clone(),
+                    Some(load) => Some(load.clone()),
                     None => match self.start_load(&mut state, engine.clone(), record, &id) {
-                        Ok(load) => load,
+                        Ok(load) => Some(load),
                         // Every slot is serving a request: wait for one to finish.
-                        Err(AdapterError::Busy) if Instant::now() < deadline => {
-                            drop(state);
-                            tokio::time::sleep(SLOT_POLL).await;
-                            continue;
-                        }
+                        Err(AdapterError::Busy) if Instant::now() < deadline => None,
                         Err(error) => return Err(error),
                     },
                 }
+            };
+            let Some(load) = load else {
+                tokio::time::sleep(SLOT_POLL).await;
+                continue;
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, load).await {
