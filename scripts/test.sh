@@ -32,9 +32,9 @@ start_gateway() {
   # Each gateway gets a scratch adapter store, not the repository's adapters/.
   LORAGATE__ADAPTERS__DIR="$scratch/adapters-$port" \
   LORAGATE__SERVER__BIND="127.0.0.1:$port" "$LORAGATE_BIN" serve --config "$config" \
-    > "$LORAGATE_CACHE/gateway-$port.log" 2>&1 &
+    > "$scratch/gateway-$port.log" 2>&1 &
   pids+=($!)
-  wait_ready "$URL/ready" "$!" 600 || { cat "$LORAGATE_CACHE/gateway-$port.log"; return 1; }
+  wait_ready "$URL/ready" "$!" 600 || { cat "$scratch/gateway-$port.log"; return 1; }
 }
 
 ensure_redis

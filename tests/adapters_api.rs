@@ -595,3 +595,62 @@ async fn a_load_waits_for_a_busy_slot_instead_of_failing() {
     );
     assert_eq!(answer(&server, "b").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_default_adapter_answers_for_the_base_name() {
+    let (key, hash) = new_key();
+    let (admin, admin_hash) = new_key();
+    let toml = format!(
+        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{hash}\"]\ndefault_adapter = \"house-style\"\n"
+    );
+    let server = TestServer::with_toml(&toml, &[]);
+    let ask = |model: &str| {
+        let (url, key) = (server.url("/v1/chat/completions"), key.clone());
+        let mut body = chat_body("Tell me something", 16);
+        body["model"] = model.into();
+        async move {
+            let response = authed(client().post(url), &key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let json: Value = response.json().await.unwrap();
+            (
+                status,
+                json["model"].as_str().unwrap_or_default().to_string(),
+                json["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }
+    };
+    // Until the default adapter exists, asking for the base is a 404 rather than a silent fallback.
+    assert_eq!(ask(MODEL).await.0, 404);
+    let dir = adapter(111);
+    assert_eq!(
+        upload_as(
+            &server,
+            Some(&admin),
+            "acme",
+            "house-style",
+            dir.path(),
+            None
+        )
+        .await
+        .status(),
+        201
+    );
+    let (status, model, via_base) = ask(MODEL).await;
+    assert_eq!(
+        (status, model.as_str()),
+        (200, MODEL),
+        "the answer names what was asked"
+    );
+    assert_eq!(
+        via_base,
+        ask("house-style").await.2,
+        "the base name reaches the default adapter"
+    );
+}
