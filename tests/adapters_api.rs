@@ -118,14 +118,7 @@ async fn an_uploaded_adapter_serves_its_first_request() {
         with_adapter,
         "both naming forms reach it"
     );
-    let models: Value = client()
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = common::get_json(server.url("/v1/models"), None).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -228,14 +221,8 @@ async fn every_invalid_upload_is_refused_and_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
-    let list: Value = client()
-        .get(server.url("/admin/v1/tenants/anonymous/adapters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value =
+        common::get_json(server.url("/admin/v1/tenants/anonymous/adapters"), None).await;
     assert_eq!(list["data"], serde_json::json!([]));
     let leftovers: Vec<_> = std::fs::read_dir(adapters.path())
         .unwrap()
@@ -404,14 +391,8 @@ async fn the_budget_evicts_the_least_recently_used_and_reloads_on_demand() {
         1.0
     );
     assert_eq!(metric(&server, "loragate_adapters_resident").await, 1.0);
-    let info: Value = client()
-        .get(server.url("/admin/v1/tenants/anonymous/adapters/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value =
+        common::get_json(server.url("/admin/v1/tenants/anonymous/adapters/a"), None).await;
     assert_eq!(info["resident"], false);
     let (status, reloaded) = answer(&server, "a").await;
     assert_eq!(status, 200);
@@ -503,25 +484,13 @@ async fn tenants_see_and_use_only_their_adapters() {
         404,
         "another tenant's adapter does not exist for globex"
     );
-    let models: Value = authed(client().get(server.url("/v1/models")), &globex)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = common::get_json(server.url("/v1/models"), Some(&globex)).await;
     assert_eq!(
         models["data"].as_array().unwrap().len(),
         1,
         "globex sees only the base"
     );
-    let models: Value = authed(client().get(server.url("/v1/models")), &acme)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = common::get_json(server.url("/v1/models"), Some(&acme)).await;
     assert_eq!(models["data"][1]["id"], "bot");
 }
 
@@ -546,14 +515,8 @@ async fn adapters_survive_a_restart() {
         answer(&server, "bot").await.1
     };
     let server = TestServer::with(&[("adapters.dir", &store_text)]);
-    let info: Value = client()
-        .get(server.url("/admin/v1/tenants/anonymous/adapters/bot"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value =
+        common::get_json(server.url("/admin/v1/tenants/anonymous/adapters/bot"), None).await;
     assert_eq!(info["generation"], 2);
     assert_eq!(info["generations"], serde_json::json!([1, 2]));
     assert_eq!(info["resident"], false, "nothing is loaded until used");

@@ -200,14 +200,7 @@ async fn sampling_parameters_are_accepted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn models_are_listed_and_retrievable() {
     let server = TestServer::start();
-    let list: Value = client()
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(server.url("/v1/models"), None).await;
     assert_eq!(list["object"], "list");
     assert_eq!(list["data"][0]["id"], MODEL);
     assert_eq!(list["data"][0]["object"], "model");
@@ -246,13 +239,6 @@ async fn probes_docs_and_request_ids() {
     let docs = client().get(server.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("/v1/chat/completions"));
-    let spec: Value = client()
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = common::get_json(server.url("/openapi.json"), None).await;
     assert!(spec["paths"]["/v1/chat/completions"]["post"].is_object());
 }

@@ -158,16 +158,7 @@ async fn an_aborted_stream_is_charged_only_what_it_used() {
     // The meter saw the same partial completion.
     let mut report = serde_json::Value::Null;
     for _ in 0..100 {
-        report = authed(
-            client().get(gateway.url("/admin/v1/tenants/acme/usage")),
-            &admin,
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        report = common::get_json(gateway.url("/admin/v1/tenants/acme/usage"), Some(&admin)).await;
         if report["last_hour"]["total"]["requests"] == 1 {
             break;
         }

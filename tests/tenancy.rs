@@ -211,13 +211,7 @@ async fn usage_is_metered_and_readable_by_admins_only() {
     let url = server.url("/admin/v1/tenants/acme/usage");
     let mut report = Value::Null;
     for _ in 0..50 {
-        report = authed(client().get(&url), &keys.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        report = common::get_json(&url, Some(&keys.admin)).await;
         if report["last_hour"]["total"]["requests"] == 2 {
             break;
         }

@@ -221,3 +221,18 @@ pub fn unique_prefix() -> String {
 pub fn authed(request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
     request.header("authorization", format!("Bearer {key}"))
 }
+
+/// GETs `url` (with a bearer key when given) and parses the JSON answer.
+pub async fn get_json(url: impl reqwest::IntoUrl, key: Option<&str>) -> serde_json::Value {
+    let mut request = client().get(url);
+    if let Some(key) = key {
+        request = authed(request, key);
+    }
+    request
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON body")
+}
