@@ -617,3 +617,77 @@ async fn a_tenants_default_adapter_answers_for_the_base_name() {
         "the base name reaches the default adapter"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_adapter_is_usable_by_every_tenant_by_its_owners_name() {
+    let (acme, acme_hash) = new_key();
+    let (globex, globex_hash) = new_key();
+    let (admin, admin_hash) = new_key();
+    let toml = format!(
+        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{acme_hash}\"]\n[[tenants]]\nid = \"globex\"\napi_keys = [\"{globex_hash}\"]\n"
+    );
+    let server = TestServer::with_toml(&toml, &[]);
+    let upload_shared = |name: &'static str, shared: &'static str, seed: u64| {
+        let (url, admin) = (server.url("/admin/v1/tenants/acme/adapters"), admin.clone());
+        async move {
+            let dir = adapter(seed);
+            let (config, weights) = files_of(dir.path());
+            let form = form(name, config, weights).text("shared", shared);
+            authed(client().post(url), &admin)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(upload_shared("house", "true", 121).await, 201);
+    assert_eq!(upload_shared("secret", "false", 122).await, 201);
+    let chat = |key: String, model: &'static str| {
+        let url = server.url("/v1/chat/completions");
+        async move {
+            let mut body = chat_body("hi", 8);
+            body["model"] = model.into();
+            let response = authed(client().post(url), &key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let json: Value = response.json().await.unwrap();
+            (
+                status,
+                json["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }
+    };
+    let (status, from_globex) = chat(globex.clone(), "acme/house").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        chat(acme.clone(), "house").await.1,
+        from_globex,
+        "the same adapter for owner and guest"
+    );
+    assert_eq!(
+        chat(globex.clone(), "acme/secret").await.0,
+        404,
+        "unshared adapters stay private"
+    );
+    assert_eq!(
+        chat(globex.clone(), "house").await.0,
+        404,
+        "a guest names the owner"
+    );
+    let models = common::get_json(server.url("/v1/models"), Some(&globex)).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![MODEL, "acme/house"]);
+}

@@ -35,6 +35,9 @@ pub struct AdapterRecord {
     pub sha256: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// Usable by every tenant as `<owner>/<name>` (set by an admin at upload).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

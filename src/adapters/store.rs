@@ -104,6 +104,19 @@ impl AdapterStore {
         records
     }
 
+    /// Current generations of every tenant's shared adapters.
+    pub fn list_shared(&self) -> Vec<AdapterRecord> {
+        let index = self.index.read();
+        let mut records: Vec<AdapterRecord> = index
+            .values()
+            .filter_map(|entry| entry.generations.get(&entry.current))
+            .filter(|record| record.shared)
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+        records
+    }
+
     fn check_expected(
         &self,
         tenant: &str,

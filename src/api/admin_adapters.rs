@@ -60,6 +60,8 @@ pub struct AdapterUpload {
     adapter_model: Vec<u8>,
     /// Generation being replaced (required to replace; `If-Match` also works).
     expected_generation: Option<u64>,
+    /// `true`: every tenant may use it as `<tenant>/<name>`.
+    shared: Option<bool>,
 }
 
 fn known_tenant(state: &AppState, tenant: &str) -> Result<(), ApiError> {
@@ -125,10 +127,12 @@ struct Upload {
     config: Vec<u8>,
     weights: Vec<u8>,
     expected: Option<u64>,
+    shared: bool,
 }
 
 async fn read_upload(mut form: Multipart, max_bytes: u64) -> Result<Upload, ApiError> {
     let (mut name, mut config, mut weights, mut expected) = (None, None, None, None);
+    let mut shared = false;
     while let Some(mut field) = form
         .try_next()
         .await
@@ -158,6 +162,21 @@ async fn read_upload(mut form: Multipart, max_bytes: u64) -> Result<Upload, ApiE
                     ))
                 })?);
             }
+            "shared" => {
+                let bytes = read_field(&mut field, 8, || {
+                    ApiError::Upload("`shared` must be true or false".into())
+                })
+                .await?;
+                shared = match String::from_utf8_lossy(&bytes).trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::Upload(format!(
+                            "`shared` must be true or false, got `{other}`"
+                        )));
+                    }
+                };
+            }
             "adapter_config" => {
                 let limit = MAX_CONFIG_BYTES as u64;
                 config = Some(
@@ -177,7 +196,7 @@ async fn read_upload(mut form: Multipart, max_bytes: u64) -> Result<Upload, ApiE
             }
             other => {
                 return Err(ApiError::Upload(format!(
-                    "unexpected form field `{other}`; send name, adapter_config, adapter_model and optionally expected_generation"
+                    "unexpected form field `{other}`; send name, adapter_config, adapter_model and optionally expected_generation and shared"
                 )));
             }
         }
@@ -188,6 +207,7 @@ async fn read_upload(mut form: Multipart, max_bytes: u64) -> Result<Upload, ApiE
         config: config.ok_or_else(|| missing("adapter_config"))?,
         weights: weights.ok_or_else(|| missing("adapter_model"))?,
         expected,
+        shared,
     })
 }
 
@@ -258,6 +278,7 @@ pub async fn upload(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        shared: upload.shared,
     };
     let engine = state.engine()?;
     let warm = state.warm_on_upload;

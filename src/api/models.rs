@@ -59,6 +59,15 @@ pub async fn list_models(
                 .into_iter()
                 .map(|record| adapter_object(record, context)),
         );
+        let shared = state.store.list_shared().into_iter();
+        data.extend(
+            shared
+                .filter(|record| record.tenant != caller.0.id)
+                .map(|record| ModelObject {
+                    id: format!("{}/{}", record.tenant, record.name),
+                    ..adapter_object(record, context)
+                }),
+        );
     }
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list".into(),

@@ -2,12 +2,15 @@
 //! served name; an adapter's name (`support-bot`), scoped to the caller's
 //! tenant; or `<base>::<adapter>` (the explicit form, as mistral.rs writes
 //! it). A tenant with a `default_adapter` gets it when asking for the base.
+//! An adapter an admin marked shared is reachable by every tenant as
+//! `<owner>/<adapter>`.
 
 use std::sync::Arc;
 
 use crate::adapters::{AdapterLease, AdapterRecord, valid_name};
 use crate::app::AppState;
 use crate::auth::Tenant;
+use crate::config::valid_tenant_id;
 use crate::engine::{Engine, ModelCard};
 use crate::error::ApiError;
 
@@ -15,6 +18,7 @@ use crate::error::ApiError;
 pub enum Target<'a> {
     Base,
     Adapter(&'a str),
+    Shared { owner: &'a str, name: &'a str },
 }
 
 /// Parses a requested model name; `None` when it cannot name anything here.
@@ -26,12 +30,17 @@ pub fn parse_target<'a>(
     if requested == base {
         return Some(default_adapter.map_or(Target::Base, Target::Adapter));
     }
-    match requested.split_once("::") {
-        Some((named_base, adapter)) if named_base == base && valid_name(adapter) => {
-            Some(Target::Adapter(adapter))
+    let adapter = match requested.split_once("::") {
+        Some((named_base, adapter)) if named_base == base => adapter,
+        Some(_) => return None,
+        None => requested,
+    };
+    match adapter.split_once('/') {
+        Some((owner, name)) if valid_tenant_id(owner) && valid_name(name) => {
+            Some(Target::Shared { owner, name })
         }
         Some(_) => None,
-        None if valid_name(requested) => Some(Target::Adapter(requested)),
+        None if valid_name(adapter) => Some(Target::Adapter(adapter)),
         None => None,
     }
 }
@@ -57,6 +66,12 @@ pub fn adapter_record(
         Target::Adapter(name) => state
             .store
             .current(&tenant.id, name)
+            .map(Some)
+            .ok_or_else(not_found),
+        Target::Shared { owner, name } => state
+            .store
+            .current(owner, name)
+            .filter(|record| record.shared || record.tenant == tenant.id)
             .map(Some)
             .ok_or_else(not_found),
     }
@@ -99,7 +114,11 @@ pub async fn route(
             Ok(Routed {
                 card,
                 lease: Some(lease),
-                label: record.name,
+                label: if record.tenant == tenant.id {
+                    record.name
+                } else {
+                    format!("{}/{}", record.tenant, record.name)
+                },
             })
         }
     }
@@ -127,5 +146,21 @@ mod tests {
         assert_eq!(parse_target("base", "other::bot", None), None);
         assert_eq!(parse_target("base", "base::../x", None), None);
         assert_eq!(parse_target("base", "Not A Name", None), None);
+        assert_eq!(
+            parse_target("base", "acme/bot", None),
+            Some(Target::Shared {
+                owner: "acme",
+                name: "bot"
+            })
+        );
+        assert_eq!(
+            parse_target("base", "base::acme/bot", None),
+            Some(Target::Shared {
+                owner: "acme",
+                name: "bot"
+            })
+        );
+        assert_eq!(parse_target("base", "../bot", None), None);
+        assert_eq!(parse_target("base", "acme/b/c", None), None);
     }
 }

@@ -15,6 +15,7 @@ fn record(name: &str) -> AdapterRecord {
         size_bytes: 3,
         sha256: "00".into(),
         created_at: 1,
+        shared: false,
     }
 }
 
