@@ -68,18 +68,20 @@ log "tiny fixture model with tenants: schemathesis, then the SDK against limits"
 # reach a real model instead of stopping at 404.
 tiny="$LORAGATE_CACHE/tiny-model"
 "$LORAGATE_BIN" tiny-model --out "$tiny" >/dev/null
-new_key() { # prints "KEY HASH" for a new key of tenant $1
-  "$LORAGATE_BIN" keys create --tenant "$1" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
+new_key() { # prints "KEY HASH" for a new key: `new_key --tenant ID` or `new_key --admin`
+  "$LORAGATE_BIN" keys create "$@" | awk 'NR==2 {key=$1} NR==4 {gsub(/"/, "", $1); print key, $1}'
 }
-read -r schema_key schema_hash < <(new_key schema)
-read -r sdk_key sdk_hash < <(new_key sdk)
+read -r schema_key schema_hash < <(new_key --tenant schema)
+read -r sdk_key sdk_hash < <(new_key --tenant sdk)
+read -r admin_key admin_hash < <(new_key --admin)
 { sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = "gguf"|format = "safetensors"|' \
-      -e 's|^dtype = .*|dtype = "f32"|' -e 's|^enabled = false|enabled = true|' config/default.toml
+      -e 's|^dtype = .*|dtype = "f32"|' -e "s|^enabled = false|enabled = true\\nadmin_api_keys = [\"$admin_hash\"]|" \
+      config/default.toml
   printf '\n[[tenants]]\nid = "schema"\napi_keys = ["%s"]\n' "$schema_hash"
   printf '\n[[tenants]]\nid = "sdk"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 3\n' "$sdk_hash"
 } > "$LORAGATE_CACHE/tiny-tenants.toml"
 start_gateway "$LORAGATE_CACHE/tiny-tenants.toml"
-bash scripts/schemathesis.sh "$URL" "$schema_key"
+bash scripts/schemathesis.sh "$URL" "$schema_key" "$admin_key"
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct LORAGATE_TENANT_KEY="$sdk_key" \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_tenancy_sdk.py
 kill "${pids[-1]}"
