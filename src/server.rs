@@ -1,7 +1,7 @@
 //! Running the gateway: serve HTTP at once, load the engine beside it, and
 //! report a load failure as the process's failure.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::app;
@@ -21,6 +21,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .sampled_tokens
         .with_label_values(&[&config.model.served_name]);
     let model = config.model.clone();
+    // Set before the server is told to stop, so the outcome is known however
+    // the shutdown and the loader task interleave.
+    let failure: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let failed = failure.clone();
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         tracing::info!(path = %model.path.display(), format = ?model.format, "loading model");
@@ -28,20 +32,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(engine) => {
                 tracing::info!(model = %model.served_name, seconds = started.elapsed().as_secs_f64(), "model ready");
                 state.install_engine(Arc::new(engine));
-                Ok(())
             }
             Err(error) => {
                 tracing::error!(%error, "model failed to load; stopping");
+                let _ = failed.set(format!("{error:#}"));
                 handle.stop(false).await;
-                Err(error)
             }
         }
     });
     running.server.await?;
-    if loader.is_finished() {
-        loader.await??;
-    } else {
-        loader.abort();
+    loader.abort();
+    match failure.get() {
+        Some(error) => anyhow::bail!("the model failed to load: {error}"),
+        None => Ok(()),
     }
-    Ok(())
 }
