@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Gathers scripts/gpu-check.sh's pieces into OUT/results.json and OUT/results.md.
+
+    report.py OUT_DIR
+
+Reads OUT/env.json, OUT/checks.json (a JSON line per check), OUT/phases.tsv and
+OUT/loadgen-{paged,nopaged}.json when present; writes results.json and a markdown
+table, and prints the table. Missing pieces are reported as missing, never guessed.
+"""
+
+import json
+import pathlib
+import sys
+
+
+def load(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> int:
+    out = pathlib.Path(sys.argv[1])
+    checks = []
+    if (out / "checks.json").exists():
+        for line in (out / "checks.json").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                checks.append(json.loads(line))
+    phases = []
+    if (out / "phases.tsv").exists():
+        for line in (out / "phases.tsv").read_text(encoding="utf-8").splitlines():
+            name, status, secs = line.split("\t")
+            phases.append({"phase": name, "status": status, "seconds": float(secs)})
+    runs = {}
+    for mode in ("paged", "nopaged"):
+        data = load(out / f"loadgen-{mode}.json")
+        runs[mode] = data["levels"] if data else None
+    result = {"env": load(out / "env.json"), "phases": phases, "checks": checks, "runs": runs}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    def cell(mode, conc, fmt):
+        levels = runs.get(mode) or []
+        for lv in levels:
+            if lv["concurrency"] == conc:
+                return fmt(lv)
+        return "–"
+
+    def ttft(lv):
+        if lv["ok"] == 0:
+            return f"failed ({lv['errors']} errors)"
+        s = f"{lv['ttft_ms_p50']} / {lv['ttft_ms_p90']}"
+        return s + (f" ({lv['errors']} err)" if lv["errors"] else "")
+
+    def tps(lv):
+        return "–" if lv["output_tokens_per_s"] is None else f"{lv['output_tokens_per_s']:.0f}"
+
+    def per_req(lv):
+        v = lv["decode_tokens_per_s_per_request_p50"]
+        return "–" if v is None else f"{v:.0f}"
+
+    concs = sorted({lv["concurrency"] for m in runs.values() if m for lv in m})
+    env = result["env"] or {}
+    lines = [
+        "## loragate on " + str(env.get("gpu", "unknown GPU")),
+        "",
+        f"Model: {env.get('model', '?')}; max_tokens {env.get('max_tokens', '?')}, "
+        f"prompt ≈ {env.get('prompt_tokens', '?')} tokens, greedy, streamed. "
+        "TTFT = send → first non-empty content delta (ms, p50 / p90); "
+        "tok/s = all output tokens / wall time of the level; per-req = one stream's decode tok/s (p50).",
+        "",
+        "| concurrency | paged TTFT p50 / p90 | paged tok/s | paged per-req | no-paged TTFT p50 / p90 | no-paged tok/s | no-paged per-req |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in concs:
+        lines.append(f"| {c} | {cell('paged', c, ttft)} | {cell('paged', c, tps)} | {cell('paged', c, per_req)} | "
+                     f"{cell('nopaged', c, ttft)} | {cell('nopaged', c, tps)} | {cell('nopaged', c, per_req)} |")
+    if not concs:
+        lines.append("| – | no load-generator results | | | | | |")
+    lines += ["", "| check | result | detail |", "|---|---|---|"]
+    for ch in checks:
+        verdict = "ok" if ch["ok"] else ("failed (advisory)" if ch.get("advisory") else "FAILED")
+        detail = str(ch.get("detail", "")).replace("|", "\\|")
+        lines.append(f"| {ch['name']} | {verdict} | {detail} |")
+    lines += ["", "| phase | status | seconds |", "|---|---|---:|"]
+    for ph in phases:
+        lines.append(f"| {ph['phase']} | {ph['status']} | {ph['seconds']:.1f} |")
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(table, encoding="utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
