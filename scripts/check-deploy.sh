@@ -29,20 +29,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # ---- tools -------------------------------------------------------------------
-if ! command -v promtool >/dev/null; then
-  if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    log "installing promtool (Debian package prometheus)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-  else
-    log "no Debian package prometheus: run apt-get update, or put promtool on PATH"; exit 1
-  fi
-fi
+ensure_prometheus promtool
 PY="$LORAGATE_VENV/bin/python"
-if [ ! -x "$PY" ]; then bash scripts/python-env.sh; fi
-if ! "$PY" -c 'import yaml' 2>/dev/null; then
-  log "installing PyYAML into $LORAGATE_VENV"
-  "$LORAGATE_VENV/bin/pip" install --quiet --disable-pip-version-check PyYAML
-fi
+bash scripts/python-env.sh
 
 # ---- Prometheus ----------------------------------------------------------------
 run_check "promtool check config deploy/prometheus/prometheus.yml" \

@@ -22,3 +22,11 @@ wait_ready() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# Installs Debian's prometheus package (prometheus and promtool) if $1 is missing.
+ensure_prometheus() {
+  command -v "$1" >/dev/null && return 0
+  if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then apt-get update -qq; fi
+  log "installing $1 (Debian package prometheus)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+}

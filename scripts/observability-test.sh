@@ -42,19 +42,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- tools -------------------------------------------------------------------
-if ! command -v prometheus >/dev/null; then
-  if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    log "installing Prometheus (Debian package prometheus)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-  else
-    log "no Debian package prometheus: run apt-get update, or put prometheus on PATH"; exit 1
-  fi
-fi
+ensure_prometheus prometheus
 PY="$LORAGATE_VENV/bin/python"
-if [ ! -x "$PY" ]; then bash scripts/python-env.sh; fi
-if ! "$PY" -c 'import yaml' 2>/dev/null; then
-  "$LORAGATE_VENV/bin/pip" install --quiet --disable-pip-version-check PyYAML
-fi
+bash scripts/python-env.sh
 if [ -z "$bin_override" ]; then
   log "building the gateway"
   cargo build --locked --bin loragate

@@ -97,6 +97,17 @@ async fn answer(server: &TestServer, model: &str) -> (u16, String) {
     )
 }
 
+/// A server with tenants acme and globex; returns it and their keys and an admin key.
+fn two_tenants() -> (TestServer, String, String, String) {
+    let (acme, acme_hash) = new_key();
+    let (globex, globex_hash) = new_key();
+    let (admin, admin_hash) = new_key();
+    let toml = format!(
+        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{acme_hash}\"]\n[[tenants]]\nid = \"globex\"\napi_keys = [\"{globex_hash}\"]\n"
+    );
+    (TestServer::with_toml(&toml, &[]), acme, globex, admin)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uploaded_adapter_serves_its_first_request() {
     let server = TestServer::start();
@@ -443,13 +454,7 @@ async fn concurrent_requests_for_a_cold_adapter_share_one_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_see_and_use_only_their_adapters() {
-    let (acme, acme_hash) = new_key();
-    let (globex, globex_hash) = new_key();
-    let (admin, admin_hash) = new_key();
-    let toml = format!(
-        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{acme_hash}\"]\n[[tenants]]\nid = \"globex\"\napi_keys = [\"{globex_hash}\"]\n"
-    );
-    let server = TestServer::with_toml(&toml, &[]);
+    let (server, acme, globex, admin) = two_tenants();
     let dir = adapter(81);
     assert_eq!(
         upload_as(&server, Some(&acme), "acme", "bot", dir.path(), None)
@@ -620,13 +625,7 @@ async fn a_tenants_default_adapter_answers_for_the_base_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shared_adapter_is_usable_by_every_tenant_by_its_owners_name() {
-    let (acme, acme_hash) = new_key();
-    let (globex, globex_hash) = new_key();
-    let (admin, admin_hash) = new_key();
-    let toml = format!(
-        "[auth]\nadmin_api_keys = [\"{admin_hash}\"]\n[[tenants]]\nid = \"acme\"\napi_keys = [\"{acme_hash}\"]\n[[tenants]]\nid = \"globex\"\napi_keys = [\"{globex_hash}\"]\n"
-    );
-    let server = TestServer::with_toml(&toml, &[]);
+    let (server, acme, globex, admin) = two_tenants();
     let upload_shared = |name: &'static str, shared: &'static str, seed: u64| {
         let (url, admin) = (server.url("/admin/v1/tenants/acme/adapters"), admin.clone());
         async move {
