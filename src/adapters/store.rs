@@ -117,6 +117,25 @@ impl AdapterStore {
         records
     }
 
+    /// The current generation, if `expected` (when given) names it.
+    fn current_if(
+        &self,
+        tenant: &str,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<AdapterRecord, AdapterError> {
+        let current = self
+            .current(tenant, name)
+            .ok_or_else(|| AdapterError::NotFound(name.to_string()))?;
+        match expected {
+            Some(expected) if expected != current.generation => Err(AdapterError::Conflict {
+                expected,
+                current: current.generation,
+            }),
+            _ => Ok(current),
+        }
+    }
+
     fn check_expected(
         &self,
         tenant: &str,
@@ -224,15 +243,7 @@ impl AdapterStore {
         expected: Option<u64>,
     ) -> Result<(AdapterRecord, AdapterRecord), AdapterError> {
         let _writing = self.writer.lock().await;
-        let current = self
-            .current(tenant, name)
-            .ok_or_else(|| AdapterError::NotFound(name.to_string()))?;
-        if let Some(expected) = expected.filter(|e| *e != current.generation) {
-            return Err(AdapterError::Conflict {
-                expected,
-                current: current.generation,
-            });
-        }
+        let current = self.current_if(tenant, name, expected)?;
         let previous = self
             .index
             .read()
@@ -264,15 +275,7 @@ impl AdapterStore {
         expected: Option<u64>,
     ) -> Result<Vec<AdapterRecord>, AdapterError> {
         let _writing = self.writer.lock().await;
-        let current = self
-            .current(tenant, name)
-            .ok_or_else(|| AdapterError::NotFound(name.to_string()))?;
-        if let Some(expected) = expected.filter(|e| *e != current.generation) {
-            return Err(AdapterError::Conflict {
-                expected,
-                current: current.generation,
-            });
-        }
+        self.current_if(tenant, name, expected)?;
         self.discard(&self.name_dir(tenant, name))?;
         let removed = self
             .index
