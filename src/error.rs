@@ -208,11 +208,6 @@ impl ApiError {
             },
         }
     }
-
-    /// Short label for logs and metrics (bounded set).
-    pub fn label(&self) -> &'static str {
-        self.code().unwrap_or("invalid_request")
-    }
 }
 
 impl From<AdapterError> for ApiError {

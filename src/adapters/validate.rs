@@ -41,7 +41,7 @@ impl BaseShape {
     }
 
     /// (in, out) of a target module.
-    fn dims(&self, module: &str) -> Option<(usize, usize)> {
+    pub fn dims(&self, module: &str) -> Option<(usize, usize)> {
         let kv = self.kv_heads * (self.hidden / self.heads);
         match module {
             "q_proj" | "o_proj" => Some((self.hidden, self.hidden)),
@@ -58,6 +58,14 @@ impl BaseShape {
         } else {
             "self_attn"
         }
+    }
+
+    /// Where peft stores a module's `lora_A`/`lora_B` in one layer.
+    pub fn lora_prefix(layer: usize, module: &str) -> String {
+        format!(
+            "base_model.model.model.layers.{layer}.{}.{module}",
+            BaseShape::block(module)
+        )
     }
 }
 
@@ -233,10 +241,7 @@ pub fn validate(
     for layer in 0..base.layers {
         for module in &targets {
             let (input, output) = base.dims(module).unwrap_or((0, 0));
-            let prefix = format!(
-                "base_model.model.model.layers.{layer}.{}.{module}",
-                BaseShape::block(module)
-            );
+            let prefix = BaseShape::lora_prefix(layer, module);
             expected.insert(format!("{prefix}.lora_A.weight"), vec![rank, input]);
             expected.insert(format!("{prefix}.lora_B.weight"), vec![output, rank]);
         }

@@ -50,7 +50,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_error(error: EngineError) -> ApiError {
+/// An engine failure as the client sees it (also inside a started stream).
+pub fn engine_error(error: EngineError) -> ApiError {
     match error {
         EngineError::UnknownModel(model) => ApiError::ModelNotFound(model),
         EngineError::Rejected(message) => ApiError::InvalidRequest {
@@ -281,9 +282,4 @@ fn usage_of(usage: TokenUsage) -> Usage {
         completion_tokens: usage.completion_tokens,
         total_tokens: usage.prompt_tokens + usage.completion_tokens,
     }
-}
-
-/// Errors that surface after the stream has started, in the envelope.
-pub fn stream_error(error: EngineError) -> ApiError {
-    engine_error(error)
 }

@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use serde::Serialize;
 
-use crate::api::completion::{Generation, stream_error};
+use crate::api::completion::{Generation, engine_error};
 use crate::api::wire::ChunkDelta;
 use crate::engine::GenerationEvent;
 
@@ -44,11 +44,11 @@ pub fn respond(mut generation: Generation) -> HttpResponse {
                     break;
                 }
                 Some(Err(error)) => {
-                    yield Ok(frame(&stream_error(error).body()));
+                    yield Ok(frame(&engine_error(error).body()));
                     break;
                 }
                 None => {
-                    yield Ok(frame(&stream_error(crate::engine::EngineError::Internal(
+                    yield Ok(frame(&engine_error(crate::engine::EngineError::Internal(
                         "engine stream ended without finishing".into(),
                     )).body()));
                     break;

@@ -196,6 +196,18 @@ fn identify(request: &HttpRequest) -> Result<(Identity, web::Data<AppState>), Ap
     }
 }
 
+/// Valid credentials without the scope a route needs: counted, then 403.
+fn forbidden(state: &AppState, message: &str) -> ApiError {
+    state
+        .metrics
+        .auth_failures
+        .with_label_values(&["forbidden"])
+        .inc();
+    ApiError::Forbidden {
+        message: message.to_string(),
+    }
+}
+
 /// A caller acting as a tenant (API key or `scope: tenant` token).
 pub struct TenantCaller(pub Arc<Tenant>);
 
@@ -207,18 +219,10 @@ impl FromRequest for TenantCaller {
         ready(
             identify(request).and_then(|(identity, state)| match identity {
                 Identity::Tenant(tenant) => Ok(TenantCaller(tenant)),
-                Identity::Admin => {
-                    state
-                        .metrics
-                        .auth_failures
-                        .with_label_values(&["forbidden"])
-                        .inc();
-                    Err(ApiError::Forbidden {
-                        message:
-                            "Admin credentials cannot call inference routes; use a tenant's key."
-                                .into(),
-                    })
-                }
+                Identity::Admin => Err(forbidden(
+                    &state,
+                    "Admin credentials cannot call inference routes; use a tenant's key.",
+                )),
             }),
         )
     }
@@ -236,16 +240,7 @@ impl FromRequest for AdminCaller {
             identify(request).and_then(|(identity, state)| match identity {
                 Identity::Admin => Ok(AdminCaller),
                 Identity::Tenant(_) if !state.auth.enabled() => Ok(AdminCaller),
-                Identity::Tenant(_) => {
-                    state
-                        .metrics
-                        .auth_failures
-                        .with_label_values(&["forbidden"])
-                        .inc();
-                    Err(ApiError::Forbidden {
-                        message: "This route needs admin scope.".into(),
-                    })
-                }
+                Identity::Tenant(_) => Err(forbidden(&state, "This route needs admin scope.")),
             }),
         )
     }

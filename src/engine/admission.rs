@@ -70,10 +70,6 @@ impl Admission {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    pub fn available_slots(&self) -> usize {
-        self.slots.available_permits()
-    }
-
     /// A hint for `Retry-After`: the queue timeout, at least one second.
     pub fn retry_after_secs(&self) -> u64 {
         self.queue_timeout.as_secs().clamp(1, 30)

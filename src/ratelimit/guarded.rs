@@ -165,10 +165,6 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// Settles to the tokens really used, in the background: called from
     /// drop paths, where nothing can be awaited.
     pub fn finish(mut self, used_tokens: u64) {
@@ -178,15 +174,6 @@ impl Reservation {
         let adjust = self.reserved_tokens as i64 - used_tokens as i64;
         let limiter = self.limiter.clone();
         tokio::spawn(async move { limiter.settle(&self, adjust).await });
-    }
-
-    /// Settles and waits for it (tests, and callers that can await).
-    pub async fn finish_now(mut self, used_tokens: u64) {
-        if let Some(renewal) = self.renewal.take() {
-            renewal.abort();
-        }
-        let adjust = self.reserved_tokens as i64 - used_tokens as i64;
-        self.limiter.clone().settle(&self, adjust).await;
     }
 }
 
