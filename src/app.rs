@@ -23,7 +23,6 @@ use crate::api::extract::BodyLimit;
 use crate::api::{admin, admin_adapters, chat, health, models, openapi};
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::config::ModelFormat;
 use crate::engine::{Admission, Engine};
 use crate::error::ApiError;
 use crate::metering::UsageMeter;
@@ -79,10 +78,10 @@ impl AppState {
             config.adapters.load_timeout,
             metrics.clone(),
         );
-        let base_shape = match config.model.format {
-            ModelFormat::Safetensors => Some(BaseShape::from_model_dir(&config.model.path)?),
-            ModelFormat::Gguf => None,
-        };
+        let base_shape = config
+            .base_model_dir()
+            .map(BaseShape::from_model_dir)
+            .transpose()?;
         Ok(AppState {
             base_model: config.model.served_name.clone(),
             residency: Arc::new(residency),

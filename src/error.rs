@@ -68,6 +68,9 @@ pub enum ApiError {
     NotReady,
     #[error("The inference engine failed to process the request (reference {reference}).")]
     Engine { reference: String },
+    /// A remote engine failed (502) or timed out (504).
+    #[error("{message}")]
+    Upstream { timeout: bool, message: String },
     #[error("Tenant `{0}` does not exist.")]
     TenantNotFound(String),
     #[error("{message}")]
@@ -149,6 +152,7 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::NotReady
             | ApiError::Engine { .. }
+            | ApiError::Upstream { .. }
             | ApiError::ClientClosed => "server_error",
         }
     }
@@ -175,6 +179,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => Some("server_overloaded"),
             ApiError::NotReady => Some("model_not_ready"),
             ApiError::Engine { .. } => Some("engine_error"),
+            ApiError::Upstream { timeout: false, .. } => Some("upstream_error"),
+            ApiError::Upstream { timeout: true, .. } => Some("upstream_timeout"),
             ApiError::ClientClosed => Some("client_closed_request"),
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::TenantNotFound(_) => Some("tenant_not_found"),
@@ -249,6 +255,8 @@ impl ResponseError for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Upstream { timeout: false, .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Upstream { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
             // nginx's 499: recorded in metrics, never read by the departed client.
             ApiError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }

@@ -8,8 +8,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets for time to first token, from a cached prompt to a long prefill
@@ -57,7 +57,14 @@ pub struct Metrics {
     pub adapter_evictions: IntCounterVec,
     pub adapters_resident: IntGauge,
     pub adapters_resident_bytes: IntGauge,
+    // Remote replicas (`[upstream]`), by configured replica name.
+    pub upstream_requests: IntCounterVec,
+    pub upstream_up: IntGaugeVec,
+    pub upstream_ejections: IntCounterVec,
 }
+
+/// Outcomes of one request to a replica, as `upstream_requests_total` counts them.
+pub const UPSTREAM_OUTCOMES: &[&str] = &["ok", "refused", "timeout", "error", "rejected"];
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -232,6 +239,27 @@ impl Metrics {
                 "adapters_resident_bytes",
                 "Estimated memory held by resident adapters.",
             ),
+            upstream_requests: counter(
+                "upstream_requests_total",
+                "Requests sent to a replica by outcome (ok, refused, timeout, error, rejected).",
+                &["replica", "outcome"],
+            ),
+            upstream_up: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "upstream_replica_up",
+                        "1 while a replica is in rotation (health check passing, not ejected).",
+                    ),
+                    &["replica"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_ejections: counter(
+                "upstream_ejections_total",
+                "Times a replica was taken out of rotation after consecutive failures.",
+                &["replica"],
+            ),
             registry,
         }
     }
@@ -257,6 +285,17 @@ impl Metrics {
                 self.adapter_loads.with_label_values(&[tenant, result]);
             }
             self.adapter_evictions.with_label_values(&[tenant]);
+        }
+    }
+
+    pub fn prime_replicas(&self, replicas: &[String]) {
+        for replica in replicas {
+            for outcome in UPSTREAM_OUTCOMES {
+                self.upstream_requests
+                    .with_label_values(&[replica.as_str(), outcome]);
+            }
+            self.upstream_ejections.with_label_values(&[replica]);
+            self.upstream_up.with_label_values(&[replica]).set(1);
         }
     }
 

@@ -7,12 +7,26 @@ use std::time::Instant;
 use crate::app;
 use crate::config::Config;
 use crate::engine::mistral::MistralEngine;
+use crate::engine::upstream::UpstreamEngine;
 
 /// Serves until the server stops (Ctrl-C / SIGTERM drain in-flight requests).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let running = app::bind(&config)?;
     for address in &running.addresses {
         tracing::info!(%address, "listening");
+    }
+    if let Some(upstream) = &config.upstream {
+        let engine = UpstreamEngine::start(
+            upstream,
+            &config.model,
+            config.base_model_dir(),
+            &config.adapters.dir,
+            running.metrics.clone(),
+        )?;
+        tracing::info!(model = %config.model.served_name, replicas = upstream.replicas.len(), "serving through upstream replicas");
+        running.state.install_engine(Arc::new(engine));
+        running.server.await?;
+        return Ok(());
     }
     let handle = running.server.handle();
     let state = running.state.clone();

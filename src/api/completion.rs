@@ -60,6 +60,15 @@ pub fn engine_error(error: EngineError) -> ApiError {
             code: None,
         },
         EngineError::Unavailable(cause) | EngineError::Internal(cause) => ApiError::engine(cause),
+        EngineError::BadGateway(message) => ApiError::Upstream {
+            timeout: false,
+            message,
+        },
+        EngineError::GatewayTimeout(message) => ApiError::Upstream {
+            timeout: true,
+            message,
+        },
+        EngineError::Overloaded { retry_after_secs } => ApiError::Overloaded { retry_after_secs },
     }
 }
 

@@ -257,6 +257,8 @@ impl ValidatedChat {
             prompt_tokens,
             stop: self.stop,
             constraint: self.constraint,
+            max_tokens_chosen: self.requested_max_tokens.is_some() || default_max_tokens.is_some(),
+            stream: self.stream,
         })
     }
 }

@@ -5,6 +5,7 @@
 mod env;
 mod raw;
 mod tenancy;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ pub use tenancy::{
     AuthConfig, JwtAlgorithm, JwtConfig, KeyHash, Limits, ModelAccess, RedisConfig,
     RedisFailurePolicy, TenantConfig, valid_tenant_id,
 };
+pub use upstream::{ReplicaConfig, UpstreamConfig};
 
 /// Prefix of environment variables that override file settings.
 pub const ENV_PREFIX: &str = "LORAGATE__";
@@ -53,6 +55,22 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub tenants: Vec<TenantConfig>,
     pub adapters: AdaptersConfig,
+    /// `Some`: the model is served by remote replicas, not in-process.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+impl Config {
+    /// The folder whose `config.json` adapter uploads are checked against;
+    /// `None` when uploads cannot be checked (a GGUF base, or an upstream
+    /// without `model.path`).
+    pub fn base_model_dir(&self) -> Option<&Path> {
+        let has_config = self.model.path.join("config.json").is_file();
+        match (&self.upstream, self.model.format) {
+            (Some(_), _) if has_config => Some(&self.model.path),
+            (None, ModelFormat::Safetensors) => Some(&self.model.path),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +93,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub served_name: String,
+    /// Empty with `[upstream]` and no `model.path`.
     pub path: PathBuf,
     pub format: ModelFormat,
     pub dtype: ModelDtype,
@@ -179,8 +198,35 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             "must be a non-empty name without spaces",
         ));
     }
-    let path = expand_path(&model.path, base_dir);
+    let remote = raw.upstream.is_some();
+    let path = match &model.path {
+        Some(path) => expand_path(path, base_dir),
+        None if remote => PathBuf::new(),
+        None => {
+            return Err(ConfigError::key(
+                "model.path",
+                "required: the GGUF file or the model folder",
+            ));
+        }
+    };
     match model.format {
+        _ if remote => {
+            if model.path.is_some() && !path.join("config.json").is_file() {
+                return Err(ConfigError::key(
+                    "model.path",
+                    format!(
+                        "with [upstream], a folder holding the model's config.json (and optionally tokenizer.json); {} has none",
+                        path.display()
+                    ),
+                ));
+            }
+            if model.context_length.is_none() {
+                return Err(ConfigError::key(
+                    "model.context_length",
+                    "required with [upstream]: the replicas' context length",
+                ));
+            }
+        }
         ModelFormat::Gguf if !path.is_file() => {
             return Err(ConfigError::key(
                 "model.path",
@@ -283,6 +329,10 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         load_timeout: Duration::from_secs(adapters.load_timeout_secs),
         warm_on_upload: adapters.warm_on_upload,
     };
+    let upstream = raw
+        .upstream
+        .map(|upstream| upstream::upstream(upstream, &model.served_name, &adapters.dir, base_dir))
+        .transpose()?;
     if raw
         .logging
         .level
@@ -324,6 +374,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         redis,
         tenants,
         adapters,
+        upstream,
     })
 }
 

@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub adapters: RawAdapters,
+    /// Present: the model is served by remote OpenAI-compatible replicas
+    /// instead of the in-process engine.
+    pub upstream: Option<RawUpstream>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +144,10 @@ pub enum DeviceKind {
 pub struct RawModel {
     /// The name clients put in `model`.
     pub served_name: String,
-    pub path: String,
+    /// In-process: the weights. With `[upstream]`: optional, a folder whose
+    /// `config.json` lets adapter uploads be checked and whose
+    /// `tokenizer.json` counts tokens the replicas do not report.
+    pub path: Option<String>,
     #[serde(default)]
     pub format: ModelFormat,
     #[serde(default)]
@@ -392,4 +398,85 @@ pub struct RawLimits {
     /// Prompt plus completion tokens per minute.
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// The base model's name on the replicas; defaults to `model.served_name`.
+    pub model: Option<String>,
+    pub replicas: Vec<RawReplica>,
+    /// Environment variable holding the bearer key the replicas expect.
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Until the replica's response headers arrive; for a non-streamed
+    /// request that is the whole generation.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Longest silence between two chunks of a streamed answer.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Keep-alive connections kept open per replica.
+    #[serde(default = "default_max_idle_connections")]
+    pub max_idle_connections: usize,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Consecutive failed requests that take a replica out of rotation.
+    #[serde(default = "default_eject_after_failures")]
+    pub eject_after_failures: u32,
+    /// How long an ejected replica stays out.
+    #[serde(default = "default_eject_for_ms")]
+    pub eject_for_ms: u64,
+    /// Register adapters on the replicas with vLLM's `/v1/load_lora_adapter`.
+    #[serde(default)]
+    pub register_adapters: bool,
+    /// Where the replicas see `adapters.dir` (shared storage); defaults to
+    /// the same path.
+    pub adapter_dir_on_replicas: Option<String>,
+    /// Valid `logit_bias` token ids are below this; unchecked when absent.
+    pub vocab_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplica {
+    /// Metric label and log name; defaults to `r<index>`.
+    pub name: Option<String>,
+    /// Base URL without `/v1`, e.g. `http://10.0.0.5:8000`.
+    pub url: String,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    120_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_idle_connections() -> usize {
+    256
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+
+fn default_health_interval_ms() -> u64 {
+    2_000
+}
+
+fn default_eject_after_failures() -> u32 {
+    3
+}
+
+fn default_eject_for_ms() -> u64 {
+    10_000
 }

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod mistral;
 mod mistral_lora;
 mod stop;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -73,6 +74,12 @@ pub struct GenerationRequest {
     pub prompt_tokens: usize,
     pub stop: Vec<String>,
     pub constraint: OutputConstraint,
+    /// Whether the client or the configuration chose `max_tokens` (else it
+    /// is the rest of the context, which a remote engine works out itself).
+    pub max_tokens_chosen: bool,
+    /// The client reads the answer as a stream (a remote engine is asked
+    /// for the same, so nothing is buffered on the way).
+    pub stream: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +125,15 @@ pub enum EngineError {
     Unavailable(String),
     #[error("engine failure: {0}")]
     Internal(String),
+    /// A remote engine failed or answered nonsense; the text is safe to show.
+    #[error("{0}")]
+    BadGateway(String),
+    /// A remote engine took longer than its configured timeout.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// A remote engine is saturated and asked us to come back later.
+    #[error("upstream overloaded")]
+    Overloaded { retry_after_secs: u64 },
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, EngineError>> + Send>>;

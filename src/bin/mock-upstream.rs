@@ -1,0 +1,209 @@
+//! A stand-in OpenAI-compatible replica for the upstream tests and the
+//! gateway-overhead benchmark: fixed small answers, optionally late, failing
+//! or malformed on purpose, plus vLLM's adapter registration endpoints.
+//! Every answer names the replica and the model it was asked for, so a test
+//! can see where a request went.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug, Clone)]
+struct Options {
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: String,
+    /// Named in every answer.
+    #[arg(long, default_value = "mock")]
+    name: String,
+    /// The base model served without registration.
+    #[arg(long, default_value = "mock-model")]
+    model: String,
+    /// Content chunks per answer (the answer's completion tokens).
+    #[arg(long, default_value_t = 8)]
+    tokens: usize,
+    /// Wait before answering a chat request.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Answer chat requests with this HTTP status and an OpenAI error body.
+    #[arg(long)]
+    fail_status: Option<u16>,
+    /// Answer chat requests with 200 and a body that is not JSON.
+    #[arg(long)]
+    malformed: bool,
+    /// Leave usage out of answers.
+    #[arg(long)]
+    no_usage: bool,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+struct Mock {
+    options: Options,
+    registered: Mutex<HashSet<String>>,
+}
+
+fn error(status: u16, message: &str) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(
+        json!({"error": {"message": message, "type": "mock_error", "param": null, "code": null}}),
+    )
+}
+
+fn words(mock: &Mock, model: &str) -> Vec<String> {
+    let mut words = vec![format!("[{} {}]", mock.options.name, model)];
+    words.extend((1..mock.options.tokens).map(|i| format!(" w{i}")));
+    words
+}
+
+async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
+    let options = &mock.options;
+    if options.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(options.delay_ms)).await;
+    }
+    if let Some(status) = options.fail_status {
+        return error(
+            status,
+            &format!("mock replica {} failing on purpose", options.name),
+        );
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    let known = model == options.model
+        || mock
+            .registered
+            .lock()
+            .is_ok_and(|registered| registered.contains(&model));
+    if !known {
+        return error(404, &format!("The model `{model}` does not exist."));
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if options.malformed {
+        let body = if stream {
+            "data: {\"choices\": [oops\n\n"
+        } else {
+            "{\"choices\": [oops"
+        };
+        return HttpResponse::Ok()
+            .content_type(if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            })
+            .body(body);
+    }
+    let prompt_tokens = body["messages"].as_array().map_or(0, |m| m.len() * 5);
+    let words = words(&mock, &model);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()});
+    let id = "chatcmpl-mock";
+    if !stream {
+        let mut answer = json!({
+            "id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+        });
+        if !options.no_usage {
+            answer["usage"] = usage;
+        }
+        return HttpResponse::Ok().json(answer);
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n")
+    };
+    let mut frames = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    frames.extend(
+        words
+            .iter()
+            .map(|w| chunk(json!({"content": w}), Value::Null)),
+    );
+    frames.push(chunk(json!({}), json!("stop")));
+    let wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
+    if wants_usage && !options.no_usage {
+        let last = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});
+        frames.push(format!("data: {last}\n\n"));
+    }
+    frames.push("data: [DONE]\n\n".into());
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .body(frames.concat())
+}
+
+async fn load_lora(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
+    let (Some(name), Some(_path)) = (body["lora_name"].as_str(), body["lora_path"].as_str()) else {
+        return error(400, "lora_name and lora_path are required");
+    };
+    let inserted = mock
+        .registered
+        .lock()
+        .is_ok_and(|mut registered| registered.insert(name.to_string()));
+    if inserted {
+        HttpResponse::Ok().body(format!(
+            "Success: LoRA adapter '{name}' added successfully."
+        ))
+    } else {
+        error(
+            400,
+            &format!("The lora adapter '{name}' has already been loaded."),
+        )
+    }
+}
+
+async fn unload_lora(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
+    let name = body["lora_name"].as_str().unwrap_or_default().to_string();
+    let removed = mock
+        .registered
+        .lock()
+        .is_ok_and(|mut registered| registered.remove(&name));
+    if removed {
+        HttpResponse::Ok().body(format!(
+            "Success: LoRA adapter '{name}' removed successfully."
+        ))
+    } else {
+        error(404, &format!("The lora adapter '{name}' cannot be found."))
+    }
+}
+
+async fn models(mock: web::Data<Mock>) -> HttpResponse {
+    let mut data = vec![json!({"id": mock.options.model, "object": "model"})];
+    if let Ok(registered) = mock.registered.lock() {
+        data.extend(
+            registered
+                .iter()
+                .map(|name| json!({"id": name, "object": "model"})),
+        );
+    }
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let options = Options::parse();
+    let mock = web::Data::new(Mock {
+        options: options.clone(),
+        registered: Mutex::new(HashSet::new()),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(mock.clone())
+            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
+            .route("/v1/chat/completions", web::post().to(chat))
+            .route("/v1/load_lora_adapter", web::post().to(load_lora))
+            .route("/v1/unload_lora_adapter", web::post().to(unload_lora))
+            .route("/v1/models", web::get().to(models))
+            .route("/health", web::get().to(HttpResponse::Ok))
+    })
+    .workers(options.workers.max(1))
+    .backlog(4096)
+    .bind(&options.bind)?;
+    for address in server.addrs() {
+        println!("mock-upstream {} listening on {address}", options.name);
+    }
+    server.run().await
+}

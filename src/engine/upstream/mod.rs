@@ -1,0 +1,458 @@
+//! The model served by remote OpenAI-compatible replicas (vLLM, mistral.rs
+//! servers, another loragate...). Tenancy, limits, metering and metrics stay
+//! in the gateway; the replicas only generate. A request goes to the first
+//! replica of its candidate list that accepts a connection; once a replica
+//! has the request, failures are reported, never retried elsewhere, since
+//! the generation may already be running there.
+
+mod health;
+mod relay;
+pub mod replicas;
+mod sse;
+mod wire;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tokio::task::JoinHandle;
+
+use crate::config::{ModelConfig, UpstreamConfig};
+use crate::engine::{
+    AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
+    PromptMessage,
+};
+use crate::metrics::Metrics;
+use relay::{RelayContext, TokenCounter};
+use replicas::{Replica, ReplicaSet, Standing};
+
+/// Largest non-streamed answer or error body read from a replica.
+const BODY_CAP: usize = 16 * 1024 * 1024;
+
+/// Request outcomes feed replica standing and metrics in one place.
+pub struct ReplicaHealth {
+    metrics: Arc<Metrics>,
+    eject_after: u32,
+    eject_for: Duration,
+}
+
+impl ReplicaHealth {
+    fn succeeded(&self, replica: &Replica, outcome: &str) {
+        replica.record_success();
+        self.count(replica, outcome);
+    }
+
+    fn failed(&self, replica: &Replica, outcome: &str) {
+        self.count(replica, outcome);
+        if replica.record_failure(self.eject_after, self.eject_for) == Standing::JustEjected {
+            tracing::warn!(replica = %replica.name, seconds = self.eject_for.as_secs_f64(), "upstream replica ejected after consecutive failures");
+            self.metrics
+                .upstream_ejections
+                .with_label_values(&[&replica.name])
+                .inc();
+            self.metrics
+                .upstream_up
+                .with_label_values(&[&replica.name])
+                .set(0);
+        }
+    }
+
+    fn count(&self, replica: &Replica, outcome: &str) {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&replica.name, outcome])
+            .inc();
+    }
+}
+
+struct AdapterModel {
+    card: ModelCard,
+    /// The adapter folder as the replicas see it (with registration).
+    path_on_replicas: Option<PathBuf>,
+}
+
+/// Why a request could not be handed to a replica.
+enum SendError {
+    /// Nothing reached the replica: safe to try the next one.
+    Refused(String),
+    Timeout,
+    Broken(String),
+}
+
+pub struct UpstreamEngine {
+    client: reqwest::Client,
+    replicas: Arc<ReplicaSet>,
+    health: Arc<ReplicaHealth>,
+    card: ModelCard,
+    upstream_model: String,
+    adapters: RwLock<HashMap<String, AdapterModel>>,
+    /// (the gateway's adapter store, the same folder as the replicas see it)
+    registration: Option<(PathBuf, PathBuf)>,
+    counter: Arc<TokenCounter>,
+    api_key: Option<HeaderValue>,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    health_checks: JoinHandle<()>,
+}
+
+impl Drop for UpstreamEngine {
+    fn drop(&mut self) {
+        self.health_checks.abort();
+    }
+}
+
+/// Requests for every generation of one adapter share a replica, so a
+/// replaced adapter stays where its traffic already is.
+fn affinity_key(engine_id: &str) -> &str {
+    engine_id.rsplit_once('@').map_or(engine_id, |(key, _)| key)
+}
+
+impl UpstreamEngine {
+    /// Builds the client and starts the health checks; needs a Tokio runtime.
+    pub fn start(
+        upstream: &UpstreamConfig,
+        model: &ModelConfig,
+        model_dir: Option<&Path>,
+        adapter_store: &Path,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<UpstreamEngine> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(upstream.connect_timeout)
+            .pool_max_idle_per_host(upstream.max_idle_connections)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        let replicas = Arc::new(ReplicaSet::new(&upstream.replicas));
+        let names: Vec<String> = upstream.replicas.iter().map(|r| r.name.clone()).collect();
+        metrics.prime_replicas(&names);
+        let api_key = upstream
+            .api_key
+            .as_ref()
+            .map(|key| {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))?;
+                value.set_sensitive(true);
+                Ok::<_, anyhow::Error>(value)
+            })
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("config key `upstream.api_key_env`: {e}"))?;
+        let health_checks = tokio::spawn(health::run(
+            client.clone(),
+            replicas.clone(),
+            upstream.health_path.clone(),
+            upstream.health_interval,
+            api_key.clone(),
+            metrics.clone(),
+        ));
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(UpstreamEngine {
+            client,
+            replicas,
+            health: Arc::new(ReplicaHealth {
+                metrics,
+                eject_after: upstream.eject_after_failures,
+                eject_for: upstream.eject_for,
+            }),
+            card: ModelCard {
+                id: model.served_name.clone(),
+                created,
+                owned_by: model.owned_by.clone(),
+                context_length: model.context_length.unwrap_or(usize::MAX),
+                vocab_size: upstream.vocab_size.unwrap_or(usize::MAX),
+            },
+            upstream_model: upstream.model.clone(),
+            adapters: RwLock::new(HashMap::new()),
+            registration: upstream
+                .adapter_registration
+                .clone()
+                .map(|on_replicas| (adapter_store.to_path_buf(), on_replicas)),
+            counter: Arc::new(TokenCounter::load(model_dir)?),
+            api_key,
+            request_timeout: upstream.request_timeout,
+            idle_timeout: upstream.idle_timeout,
+            health_checks,
+        })
+    }
+
+    fn known(&self, model: &str) -> Result<(), EngineError> {
+        if model == self.card.id || self.adapters.read().contains_key(model) {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownModel(model.to_string()))
+        }
+    }
+
+    async fn post(
+        &self,
+        replica: &Replica,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, SendError> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", replica.url))
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        if let Some(key) = &self.api_key {
+            request = request.header(AUTHORIZATION, key.clone());
+        }
+        match tokio::time::timeout(self.request_timeout, request.send()).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() => Err(SendError::Refused(error.to_string())),
+            Ok(Err(error)) if error.is_timeout() => Err(SendError::Timeout),
+            Ok(Err(error)) => Err(SendError::Broken(error.to_string())),
+        }
+    }
+
+    /// Makes sure `replica` knows adapter `id` before a request names it.
+    async fn register(&self, replica: &Replica, id: &str, path: &Path) -> Result<(), SendError> {
+        if replica.registered.lock().contains(id) {
+            return Ok(());
+        }
+        let body = serde_json::json!({"lora_name": id, "lora_path": path});
+        let response = self
+            .post(
+                replica,
+                "/v1/load_lora_adapter",
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        // vLLM answers 400 "already been loaded" to a second registration.
+        if status.is_success() || (status == 400 && text.contains("already")) {
+            replica.registered.lock().insert(id.to_string());
+            tracing::info!(replica = %replica.name, adapter = %id, "adapter registered upstream");
+            Ok(())
+        } else {
+            Err(SendError::Broken(format!(
+                "registering adapter {id} answered HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )))
+        }
+    }
+
+    /// Maps a replica's refusal of a request onto the client's status.
+    async fn refusal(&self, replica: &Replica, response: reqwest::Response) -> EngineError {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        let body = response.bytes().await.unwrap_or_default();
+        let detail = wire::error_message(&body)
+            .map(|m| format!(": {}", m.chars().take(500).collect::<String>()))
+            .unwrap_or_default();
+        match status.as_u16() {
+            400 | 413 | 422 => {
+                self.health.succeeded(replica, "rejected");
+                EngineError::Rejected(format!("The upstream engine refused the request{detail}"))
+            }
+            429 | 503 => {
+                self.health.failed(replica, "rejected");
+                EngineError::Overloaded {
+                    retry_after_secs: retry_after.max(1),
+                }
+            }
+            code => {
+                self.health.failed(replica, "error");
+                EngineError::BadGateway(format!("The upstream engine answered HTTP {code}{detail}"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for UpstreamEngine {
+    fn models(&self) -> Vec<ModelCard> {
+        let mut cards = vec![self.card.clone()];
+        cards.extend(self.adapters.read().values().map(|a| a.card.clone()));
+        cards
+    }
+
+    async fn count_prompt_tokens(
+        &self,
+        model: &str,
+        messages: &[PromptMessage],
+    ) -> Result<usize, EngineError> {
+        self.known(model)?;
+        Ok(self.counter.prompt(messages))
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+        let (upstream_model, adapter) = if request.model == self.card.id {
+            (self.upstream_model.clone(), None)
+        } else {
+            let adapters = self.adapters.read();
+            let adapter = adapters
+                .get(&request.model)
+                .ok_or_else(|| EngineError::UnknownModel(request.model.clone()))?;
+            (
+                request.model.clone(),
+                Some((request.model.clone(), adapter.path_on_replicas.clone())),
+            )
+        };
+        let body = Bytes::from(wire::request_body(&request, &upstream_model));
+        let affinity = adapter.as_ref().map(|(id, _)| affinity_key(id));
+        let candidates = self.replicas.candidates(affinity);
+        let mut refused = 0;
+        for replica in candidates {
+            let started = Instant::now();
+            let attempt = match &adapter {
+                Some((id, Some(path))) => match self.register(&replica, id, path).await {
+                    Ok(()) => {
+                        self.post(&replica, "/v1/chat/completions", body.clone())
+                            .await
+                    }
+                    Err(error) => Err(error),
+                },
+                _ => {
+                    self.post(&replica, "/v1/chat/completions", body.clone())
+                        .await
+                }
+            };
+            let response = match attempt {
+                Ok(response) => response,
+                Err(SendError::Refused(cause)) => {
+                    tracing::warn!(replica = %replica.name, %cause, "upstream replica refused the connection; trying the next");
+                    self.health.failed(&replica, "refused");
+                    refused += 1;
+                    continue;
+                }
+                Err(SendError::Timeout) => {
+                    self.health.failed(&replica, "timeout");
+                    return Err(EngineError::GatewayTimeout(format!(
+                        "The upstream engine did not answer within {} ms.",
+                        self.request_timeout.as_millis()
+                    )));
+                }
+                Err(SendError::Broken(cause)) => {
+                    tracing::warn!(replica = %replica.name, %cause, "upstream request failed");
+                    self.health.failed(&replica, "error");
+                    return Err(EngineError::BadGateway(
+                        "The connection to the upstream engine failed.".into(),
+                    ));
+                }
+            };
+            if !response.status().is_success() {
+                return Err(self.refusal(&replica, response).await);
+            }
+            self.health.succeeded(&replica, "ok");
+            tracing::debug!(replica = %replica.name, ms = started.elapsed().as_secs_f64() * 1e3, "upstream answered");
+            let progress = Arc::new(AtomicU64::new(0));
+            let context = RelayContext {
+                replica,
+                health: self.health.clone(),
+                counter: self.counter.clone(),
+                progress: progress.clone(),
+                prompt_tokens: request.prompt_tokens,
+                idle_timeout: self.idle_timeout,
+                body_cap: BODY_CAP,
+            };
+            let events = if request.stream {
+                relay::stream(response, context)
+            } else {
+                relay::whole(response, context)
+            };
+            return Ok(GenerationStream { events, progress });
+        }
+        Err(EngineError::BadGateway(format!(
+            "No upstream replica could be reached ({refused} tried)."
+        )))
+    }
+
+    async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError> {
+        let path_on_replicas = match &self.registration {
+            None => {
+                return Err(EngineError::Rejected(
+                    "Adapters need the upstream replicas to load them: set upstream.register_adapters = true.".into(),
+                ));
+            }
+            Some((store, on_replicas)) => {
+                let folder = adapter.weights.parent().unwrap_or(&adapter.weights);
+                let relative = folder.strip_prefix(store).map_err(|_| {
+                    EngineError::Internal(format!("{} is outside the store", folder.display()))
+                })?;
+                on_replicas.join(relative)
+            }
+        };
+        // Registered now on the replica its traffic will use, so the first
+        // request does not pay for it; other replicas register on demand.
+        if let Some(replica) = self.replicas.candidates(Some(affinity_key(id))).first() {
+            match self.register(replica, id, &path_on_replicas).await {
+                Ok(()) => {}
+                Err(SendError::Refused(cause) | SendError::Broken(cause)) => {
+                    return Err(EngineError::Unavailable(cause));
+                }
+                Err(SendError::Timeout) => {
+                    return Err(EngineError::Unavailable(
+                        "adapter registration timed out".into(),
+                    ));
+                }
+            }
+        }
+        let card = ModelCard {
+            id: id.to_string(),
+            ..self.card.clone()
+        };
+        self.adapters.write().insert(
+            id.to_string(),
+            AdapterModel {
+                card,
+                path_on_replicas: Some(path_on_replicas),
+            },
+        );
+        // The weights live on the replicas; this process holds nothing.
+        Ok(0)
+    }
+
+    async fn unload_adapter(&self, id: &str) -> Result<(), EngineError> {
+        if self.adapters.write().remove(id).is_none() {
+            return Err(EngineError::UnknownModel(id.to_string()));
+        }
+        for replica in self.replicas.all() {
+            if !replica.registered.lock().remove(id) {
+                continue;
+            }
+            let body = serde_json::json!({ "lora_name": id }).to_string();
+            match self
+                .post(replica, "/v1/unload_lora_adapter", Bytes::from(body))
+                .await
+            {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(replica = %replica.name, adapter = %id, status = %response.status(), "upstream kept an adapter it was asked to unload")
+                }
+                Err(_) => {
+                    tracing::warn!(replica = %replica.name, adapter = %id, "could not reach a replica to unload an adapter")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::affinity_key;
+
+    #[test]
+    fn generations_of_one_adapter_share_an_affinity_key() {
+        assert_eq!(affinity_key("adapter:acme/bot@3"), "adapter:acme/bot");
+        assert_eq!(
+            affinity_key("adapter:acme/bot@4"),
+            affinity_key("adapter:acme/bot@3")
+        );
+        assert_eq!(affinity_key("plain"), "plain");
+    }
+}
