@@ -45,6 +45,8 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
         prompt_tokens,
         stop: Vec::new(),
         constraint: OutputConstraint::None,
+        max_tokens_chosen: true,
+        stream: true,
     };
     let mut stream = engine.generate(request).await.unwrap().events;
     let mut text = String::new();

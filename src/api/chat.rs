@@ -31,7 +31,9 @@ use crate::error::{ApiError, ErrorResponse};
         (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
         (status = 413, description = "Body over the configured size cap.", body = ErrorResponse),
         (status = 500, description = "Engine failure; the message carries a reference, never internals.", body = ErrorResponse),
+        (status = 502, description = "With `[upstream]`: a replica failed, answered nonsense or could not be reached (`upstream_error`).", body = ErrorResponse),
         (status = 503, description = "At capacity or still loading; see `Retry-After`.", body = ErrorResponse),
+        (status = 504, description = "With `[upstream]`: a replica did not answer in time (`upstream_timeout`).", body = ErrorResponse),
     )
 )]
 pub async fn create_chat_completion(

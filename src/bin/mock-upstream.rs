@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use clap::Parser;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug, Clone)]
@@ -28,6 +29,9 @@ struct Options {
     /// Wait before answering a chat request.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Wait between the frames of a streamed answer.
+    #[arg(long, default_value_t = 0)]
+    token_delay_ms: u64,
     /// Answer chat requests with this HTTP status and an OpenAI error body.
     #[arg(long)]
     fail_status: Option<u16>,
@@ -130,9 +134,19 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
         frames.push(format!("data: {last}\n\n"));
     }
     frames.push("data: [DONE]\n\n".into());
+    if options.token_delay_ms == 0 {
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body(frames.concat());
+    }
+    let pause = Duration::from_millis(options.token_delay_ms);
+    let paced = futures_util::stream::iter(frames).then(move |frame| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(frame))
+    });
     HttpResponse::Ok()
         .content_type("text/event-stream")
-        .body(frames.concat())
+        .streaming(paced)
 }
 
 async fn load_lora(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {

@@ -13,7 +13,7 @@ pub struct GatewayProcess {
     _adapters: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -24,10 +24,13 @@ impl GatewayProcess {
     /// Starts `loragate serve` with the test config plus `extra` sections and
     /// waits until `/ready` answers.
     pub fn spawn(extra: &str) -> GatewayProcess {
+        GatewayProcess::spawn_config(&super::config_text(extra))
+    }
+
+    /// Starts `loragate serve` with this whole configuration.
+    pub fn spawn_config(text: &str) -> GatewayProcess {
         let mut config = tempfile::NamedTempFile::new().expect("config file");
-        config
-            .write_all(super::config_text(extra).as_bytes())
-            .expect("write config");
+        config.write_all(text.as_bytes()).expect("write config");
         let port = free_port();
         let adapters = tempfile::tempdir().expect("adapter store");
         let child = Command::new(env!("CARGO_BIN_EXE_loragate"))
@@ -147,12 +150,19 @@ impl Drop for RedisProcess {
 
 /// A plain blocking `GET /ready` (usable from inside an async test).
 fn ready(address: &str) -> bool {
+    answers_ok(address, "/ready")
+}
+
+fn answers_ok(address: &str, path: &str) -> bool {
     use std::io::Read;
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /ready HTTP/1.0\r\n\r\n").is_err() {
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
@@ -161,4 +171,64 @@ fn ready(address: &str) -> bool {
 
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_loragate"))
+}
+
+/// `mock-upstream`, a stand-in OpenAI-compatible replica, as its own process.
+pub struct MockUpstream {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl MockUpstream {
+    /// Starts a replica that names itself `name` in its answers; `args` are
+    /// further `mock-upstream` options.
+    pub fn start(name: &str, args: &[&str]) -> MockUpstream {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--name".into(), name.into()]);
+        let mut mock = MockUpstream {
+            port: free_port(),
+            args,
+            child: None,
+        };
+        mock.restart();
+        mock
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mock-upstream starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if answers_ok(&format!("127.0.0.1:{}", self.port), "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mock-upstream on {} did not start", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

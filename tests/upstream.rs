@@ -1,0 +1,449 @@
+//! The gateway in front of remote replicas, all real processes over real
+//! HTTP: another loragate running the real engine, and `mock-upstream`
+//! replicas that name themselves in their answers (and fail on purpose).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::process::{GatewayProcess, MockUpstream, free_port};
+use common::{client, tiny_model_dir};
+use futures_util::StreamExt;
+use loragate::fixture::lora::{AdapterSpec, write_adapter};
+use serde_json::{Value, json};
+
+/// A front gateway serving `fleet` from `replicas`; `upstream` adds keys to
+/// `[upstream]`, `model_path` lets it check adapter uploads.
+fn front(replicas: &[(&str, String)], upstream: &str, model_path: Option<&Path>) -> GatewayProcess {
+    let path = model_path
+        .map(|p| format!("path = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    let replicas: String = replicas
+        .iter()
+        .map(|(name, url)| format!("[[upstream.replicas]]\nname = \"{name}\"\nurl = \"{url}\"\n"))
+        .collect();
+    GatewayProcess::spawn_config(&format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+workers = 2
+[model]
+served_name = "fleet"
+context_length = 4096
+{path}
+[auth]
+enabled = false
+[logging]
+level = "error"
+[adapters]
+max_resident = 16
+[upstream]
+{upstream}
+{replicas}
+"#
+    ))
+}
+
+fn ask(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello there"}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+    })
+}
+
+async fn chat(gateway: &GatewayProcess, body: &Value) -> (u16, Value) {
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A streamed answer: its content, its usage chunk, and when the first
+/// content and the end arrived.
+struct Streamed {
+    status: u16,
+    content: String,
+    usage: Option<Value>,
+    errors: Vec<Value>,
+    first_content: Option<Duration>,
+    total: Duration,
+}
+
+async fn stream(gateway: &GatewayProcess, body: &Value) -> Streamed {
+    let started = Instant::now();
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let mut result = Streamed {
+        status: response.status().as_u16(),
+        content: String::new(),
+        usage: None,
+        errors: Vec::new(),
+        first_content: None,
+        total: Duration::ZERO,
+    };
+    let mut bytes = response.bytes_stream();
+    let mut pending = String::new();
+    while let Some(chunk) = bytes.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = pending.find("\n\n") {
+            let frame: String = pending.drain(..end + 2).collect();
+            let Some(data) = frame.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let value: Value = serde_json::from_str(data).unwrap();
+            if value.get("error").is_some() {
+                result.errors.push(value);
+                continue;
+            }
+            if let Some(text) = value["choices"][0]["delta"]["content"].as_str()
+                && !text.is_empty()
+            {
+                result.first_content.get_or_insert(started.elapsed());
+                result.content.push_str(text);
+            }
+            if value["usage"].is_object() {
+                result.usage = Some(value["usage"].clone());
+            }
+        }
+    }
+    result.total = started.elapsed();
+    result
+}
+
+async fn metrics(gateway: &GatewayProcess) -> String {
+    client()
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_a_real_engine_and_settles_on_its_usage() {
+    let back = GatewayProcess::spawn("");
+    let fleet = front(&[("back", back.base.clone())], "model = \"tiny\"", None);
+
+    let (status, direct) = chat(&back, &ask("tiny", false)).await;
+    assert_eq!(status, 200, "{direct}");
+    let (status, relayed) = chat(&fleet, &ask("fleet", false)).await;
+    assert_eq!(status, 200, "{relayed}");
+    assert_eq!(relayed["model"], "fleet");
+    assert_eq!(
+        relayed["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    assert_eq!(relayed["usage"], direct["usage"]);
+    assert_eq!(
+        relayed["choices"][0]["finish_reason"],
+        direct["choices"][0]["finish_reason"]
+    );
+
+    let streamed = stream(&fleet, &ask("fleet", true)).await;
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.errors.is_empty(), "{:?}", streamed.errors);
+    assert_eq!(
+        streamed.content,
+        direct["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(streamed.usage.as_ref(), Some(&direct["usage"]));
+
+    // Limits and metering settle on the replica's counts, not the estimate.
+    let prompt = direct["usage"]["prompt_tokens"].as_f64().unwrap();
+    let completion = direct["usage"]["completion_tokens"].as_f64().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics(&fleet).await;
+    let labels = "{model=\"fleet\",tenant=\"anonymous\"}";
+    assert_eq!(
+        sample(&text, &format!("loragate_prompt_tokens_total{labels}")),
+        2.0 * prompt
+    );
+    assert_eq!(
+        sample(&text, &format!("loragate_completion_tokens_total{labels}")),
+        2.0 * completion
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "loragate_upstream_requests_total{outcome=\"ok\",replica=\"back\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_frames_are_relayed_as_they_arrive() {
+    let slow = MockUpstream::start("slow", &["--tokens", "6", "--token-delay-ms", "400"]);
+    let fleet = front(&[("slow", slow.url())], "model = \"mock-model\"", None);
+    let streamed = stream(&fleet, &ask("fleet", true)).await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.content, "[slow mock-model] w1 w2 w3 w4 w5");
+    // Ten frames 400 ms apart: the first content must not wait for the last.
+    let first = streamed.first_content.expect("content arrived");
+    assert!(
+        streamed.total >= Duration::from_millis(3500),
+        "{:?}",
+        streamed.total
+    );
+    assert!(
+        first + Duration::from_millis(2000) < streamed.total,
+        "first content at {first:?} of {:?}: the stream was buffered",
+        streamed.total
+    );
+    assert_eq!(streamed.usage.unwrap()["completion_tokens"], 6);
+}
+
+fn tenant_adapter(seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_adapter(
+        dir.path(),
+        &loragate::fixture::TINY,
+        &AdapterSpec::tiny(seed),
+    )
+    .unwrap();
+    dir
+}
+
+async fn upload(gateway: &GatewayProcess, name: &str, dir: &Path) {
+    let part = |file: &str| {
+        reqwest::multipart::Part::bytes(std::fs::read(dir.join(file)).unwrap())
+            .file_name(file.to_string())
+    };
+    let form = reqwest::multipart::Form::new()
+        .text("name", name.to_string())
+        .part("adapter_config", part("adapter_config.json"))
+        .part("adapter_model", part("adapter_model.safetensors"));
+    let response = client()
+        .post(gateway.url("/admin/v1/tenants/anonymous/adapters"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
+}
+
+/// The replica that answered, from the mock's `[<replica> <model>]` prefix.
+async fn served_by(gateway: &GatewayProcess, model: &str) -> String {
+    let (status, body) = chat(gateway, &ask(model, false)).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let replica = content
+        .trim_start_matches('[')
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        content.contains(&format!("adapter:anonymous/{model}@")),
+        "the replica was asked for the registered adapter: {content}"
+    );
+    replica
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
+    let mut mocks = vec![
+        MockUpstream::start("a", &[]),
+        MockUpstream::start("b", &[]),
+        MockUpstream::start("c", &[]),
+    ];
+    let replicas: Vec<(&str, String)> = ["a", "b", "c"]
+        .into_iter()
+        .zip(mocks.iter().map(MockUpstream::url))
+        .collect();
+    let fleet = front(
+        &replicas,
+        "model = \"mock-model\"\nregister_adapters = true\nhealth_interval_ms = 200\neject_after_failures = 1\neject_for_ms = 500",
+        Some(tiny_model_dir()),
+    );
+    let names: Vec<String> = (0..6).map(|i| format!("bot{i}")).collect();
+    for (seed, name) in names.iter().enumerate() {
+        upload(&fleet, name, tenant_adapter(seed as u64 + 1).path()).await;
+    }
+    let mut home = Vec::new();
+    for name in &names {
+        let first = served_by(&fleet, name).await;
+        for _ in 0..10 {
+            assert_eq!(served_by(&fleet, name).await, first, "{name} moved");
+        }
+        home.push(first);
+    }
+    let mut distinct = home.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 2, "six adapters all on {distinct:?}");
+
+    // Kill bot0's replica: its traffic moves to one other replica at once.
+    let victim = home[0].clone();
+    let index = ["a", "b", "c"].iter().position(|n| *n == victim).unwrap();
+    mocks[index].kill();
+    let fallback = served_by(&fleet, "bot0").await;
+    assert_ne!(fallback, victim);
+    for _ in 0..10 {
+        assert_eq!(served_by(&fleet, "bot0").await, fallback);
+    }
+    // Adapters homed elsewhere are undisturbed.
+    for (name, replica) in names.iter().zip(&home) {
+        if *replica != victim {
+            assert_eq!(&served_by(&fleet, name).await, replica);
+        }
+    }
+
+    // It returns (restarted, without its adapters); traffic follows it back
+    // once its health check passes and the ejection ends.
+    mocks[index].restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if served_by(&fleet, "bot0").await == victim {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bot0 never returned to {victim}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(served_by(&fleet, "bot0").await, victim);
+    }
+    let text = metrics(&fleet).await;
+    assert!(
+        sample(
+            &text,
+            &format!(
+                "loragate_upstream_requests_total{{outcome=\"refused\",replica=\"{victim}\"}}"
+            )
+        ) >= 1.0
+    );
+}
+
+async fn expect_error(gateway: &GatewayProcess, status: u16, code: &str) -> Value {
+    let (got, body) = chat(gateway, &ask("fleet", false)).await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            body["error"].get(field).is_some(),
+            "{field} missing: {body}"
+        );
+    }
+    let streamed = stream(gateway, &ask("fleet", true)).await;
+    assert_eq!(
+        streamed.status, status,
+        "streamed: same status before any frame"
+    );
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_gateway_statuses() {
+    let failing = MockUpstream::start("f", &["--fail-status", "500"]);
+    let fleet = front(&[("f", failing.url())], "model = \"mock-model\"", None);
+    let body = expect_error(&fleet, 502, "upstream_error").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500")
+    );
+    drop(fleet);
+
+    let slow = MockUpstream::start("s", &["--delay-ms", "3000"]);
+    let fleet = front(
+        &[("s", slow.url())],
+        "model = \"mock-model\"\nrequest_timeout_ms = 300",
+        None,
+    );
+    expect_error(&fleet, 504, "upstream_timeout").await;
+    drop(fleet);
+
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let fleet = front(&[("gone", nobody)], "model = \"mock-model\"", None);
+    let body = expect_error(&fleet, 502, "upstream_error").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could be reached")
+    );
+    drop(fleet);
+
+    let garbled = MockUpstream::start("g", &["--malformed"]);
+    let fleet = front(&[("g", garbled.url())], "model = \"mock-model\"", None);
+    expect_error(&fleet, 502, "upstream_error").await;
+    drop(fleet);
+
+    let refusing = MockUpstream::start("r", &["--fail-status", "400"]);
+    let fleet = front(&[("r", refusing.url())], "model = \"mock-model\"", None);
+    let (status, body) = chat(&fleet, &ask("fleet", false)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failing on purpose")
+    );
+    drop(fleet);
+
+    let saturated = MockUpstream::start("o", &["--fail-status", "429"]);
+    let fleet = front(&[("o", saturated.url())], "model = \"mock-model\"", None);
+    let response = client()
+        .post(fleet.url("/v1/chat/completions"))
+        .json(&ask("fleet", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_counted_when_the_upstream_reports_none() {
+    let quiet = MockUpstream::start("q", &["--no-usage", "--tokens", "5"]);
+    let fleet = front(&[("q", quiet.url())], "model = \"mock-model\"", None);
+    let (status, body) = chat(&fleet, &ask("fleet", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, "[q mock-model] w1 w2 w3 w4");
+    // No tokenizer configured: about four bytes a token.
+    let counted = content.len().div_ceil(4) as u64;
+    assert_eq!(body["usage"]["completion_tokens"], counted);
+    let streamed = stream(&fleet, &ask("fleet", true)).await;
+    assert_eq!(streamed.usage.unwrap()["completion_tokens"], counted);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics(&fleet).await;
+    assert_eq!(
+        sample(
+            &text,
+            "loragate_completion_tokens_total{model=\"fleet\",tenant=\"anonymous\"}"
+        ),
+        2.0 * counted as f64
+    );
+}
