@@ -271,7 +271,7 @@ async fn served_by(gateway: &GatewayProcess, model: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
-    let mut mocks = vec![
+    let mut mocks = [
         MockUpstream::start("a", &[]),
         MockUpstream::start("b", &[]),
         MockUpstream::start("c", &[]),

@@ -118,7 +118,7 @@ impl ReplicaSet {
                     .iter()
                     .map(|replica| (weight(key, &replica.name), replica))
                     .collect();
-                weighted.sort_by(|a, b| b.0.cmp(&a.0));
+                weighted.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
                 weighted.into_iter().map(|(_, r)| r.clone()).collect()
             }
             None => {
