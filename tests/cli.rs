@@ -53,3 +53,17 @@ fn check_config_names_the_offending_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.bindd"), "{stderr}");
 }
+
+#[test]
+fn the_upstream_example_config_is_valid() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join("upstream.example.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_loragate"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+}

@@ -142,3 +142,53 @@ fn paged_attention_is_checked() {
         "disabled settings are not checked or used"
     );
 }
+
+fn upstream_config(upstream: &str) -> String {
+    format!(
+        "[model]\nserved_name = \"m\"\ncontext_length = 4096\n[upstream]\n{upstream}\n[[upstream.replicas]]\nurl = \"http://10.0.0.1:8000/\"\n"
+    )
+}
+
+#[test]
+fn an_upstream_model_needs_no_weights_and_takes_defaults() {
+    let config = Config::from_toml_str(&upstream_config(""), no_env(), Path::new("/")).unwrap();
+    let upstream = config.upstream.as_ref().expect("upstream mode");
+    assert_eq!(upstream.model, "m");
+    assert_eq!(upstream.replicas[0].name, "r0");
+    assert_eq!(upstream.replicas[0].url, "http://10.0.0.1:8000");
+    assert_eq!(upstream.request_timeout, Duration::from_secs(120));
+    assert!(upstream.adapter_registration.is_none());
+    assert!(config.base_model_dir().is_none());
+}
+
+#[test]
+fn upstream_mistakes_name_their_key() {
+    let cases = [
+        ("connect_timeout_ms = 0", "upstream.connect_timeout_ms"),
+        ("health_path = \"health\"", "upstream.health_path"),
+        (
+            "adapter_dir_on_replicas = \"/x\"",
+            "upstream.adapter_dir_on_replicas",
+        ),
+        (
+            "api_key_env = \"LORAGATE_TEST_UNSET_VAR\"",
+            "upstream.api_key_env",
+        ),
+        ("replicaz = 1", "upstream.replicaz"),
+    ];
+    for (line, key) in cases {
+        let error =
+            Config::from_toml_str(&upstream_config(line), no_env(), Path::new("/")).unwrap_err();
+        assert_eq!(key_of(error), key, "{line}");
+    }
+    let bad_url = "[model]\nserved_name = \"m\"\ncontext_length = 1\n[upstream]\n[[upstream.replicas]]\nurl = \"http://h:1/v1\"\n";
+    let error = Config::from_toml_str(bad_url, no_env(), Path::new("/")).unwrap_err();
+    assert_eq!(key_of(error), "upstream.replicas[0].url");
+    let no_context =
+        "[model]\nserved_name = \"m\"\n[upstream]\n[[upstream.replicas]]\nurl = \"http://h:1\"\n";
+    let error = Config::from_toml_str(no_context, no_env(), Path::new("/")).unwrap_err();
+    assert_eq!(key_of(error), "model.context_length");
+    let no_path = "[model]\nserved_name = \"m\"\n";
+    let error = Config::from_toml_str(no_path, no_env(), Path::new("/")).unwrap_err();
+    assert_eq!(key_of(error), "model.path");
+}
