@@ -280,6 +280,14 @@ impl Engine for UpstreamEngine {
         cards
     }
 
+    // Without cloning every adapter's card on each request.
+    fn model(&self, id: &str) -> Option<ModelCard> {
+        if id == self.card.id {
+            return Some(self.card.clone());
+        }
+        self.adapters.read().get(id).map(|a| a.card.clone())
+    }
+
     async fn count_prompt_tokens(
         &self,
         model: &str,
