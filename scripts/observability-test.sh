@@ -47,9 +47,10 @@ PY="$LORAGATE_VENV/bin/python"
 bash scripts/python-env.sh
 if [ -z "$bin_override" ]; then
   log "building the gateway"
-  cargo build --locked --bin loragate
+  cargo build --locked --bin loragate --bin mock-upstream
 fi
 cp "${bin_override:-$LORAGATE_BIN}" "$work/loragate"   # immune to a concurrent rebuild
+cp "$(dirname "${bin_override:-$LORAGATE_BIN}")/mock-upstream" "$work/mock-upstream"
 BIN="$work/loragate"
 
 # ---- gateway on the tiny model, two tenants ----------------------------------------
@@ -92,6 +93,44 @@ LORAGATE__LOGGING__LEVEL=error \
 pids+=($!)
 wait_ready "http://127.0.0.1:$gateway_port/ready" "$!" 60
 
+# ---- a second gateway serving through [upstream]: one live mock replica and one
+# dead one, so the upstream panels and alerts have data -------------------------------
+mock_port=$(free_port)
+fleet_port=$(free_port)
+"$work/mock-upstream" --bind "127.0.0.1:$mock_port" --name live > "$work/mock.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$mock_port/health" "$!" 30
+cat > "$work/fleet.toml" <<TOML
+[server]
+bind = "127.0.0.1:$fleet_port"
+[model]
+served_name = "fleet"
+context_length = 4096
+[auth]
+enabled = false
+[logging]
+level = "error"
+[adapters]
+dir = "$work/fleet-adapters"
+[upstream]
+model = "mock-model"
+health_interval_ms = 500
+[[upstream.replicas]]
+name = "live"
+url = "http://127.0.0.1:$mock_port"
+[[upstream.replicas]]
+name = "dead"
+url = "http://127.0.0.1:$dead_redis_port"
+TOML
+log "upstream-mode gateway on 127.0.0.1:$fleet_port (replicas: live mock, dead port)"
+"$BIN" serve --config "$work/fleet.toml" > "$work/fleet.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$fleet_port/ready" "$!" 30
+for _ in 1 2 3 4; do
+  curl -fsS -o /dev/null "http://127.0.0.1:$fleet_port/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model":"fleet","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
+done
+
 # ---- Prometheus, 1 s scrapes, with the alert rules -----------------------------
 cat > "$work/prometheus.yml" <<YAML
 global:
@@ -102,7 +141,7 @@ rule_files:
 scrape_configs:
   - job_name: loragate
     static_configs:
-      - targets: ["127.0.0.1:$gateway_port"]
+      - targets: ["127.0.0.1:$gateway_port", "127.0.0.1:$fleet_port"]
 YAML
 log "Prometheus on 127.0.0.1:$prometheus_port"
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus-data" \

@@ -78,8 +78,14 @@ impl AppState {
             config.adapters.load_timeout,
             metrics.clone(),
         );
+        // Uploads are refused up front where nothing could serve them.
+        let adapters_servable = config
+            .upstream
+            .as_ref()
+            .is_none_or(|upstream| upstream.adapter_registration.is_some());
         let base_shape = config
             .base_model_dir()
+            .filter(|_| adapters_servable)
             .map(BaseShape::from_model_dir)
             .transpose()?;
         Ok(AppState {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -82,10 +83,58 @@ fn accumulate(window: &mut UsageWindow, bucket: &HashMap<String, u64>) {
     }
 }
 
+/// Bucket key -> `kind:model` field -> count.
+type Buckets = HashMap<String, HashMap<String, u64>>;
+
+fn add_request(
+    buckets: &mut Buckets,
+    prefix: &str,
+    tenant: &str,
+    model: &str,
+    prompt: u64,
+    completion: u64,
+    now: i64,
+) {
+    for key in [
+        minute_key(prefix, tenant, now / 60),
+        day_key(prefix, tenant, now / 86_400),
+    ] {
+        let bucket = buckets.entry(key).or_default();
+        for (field, value) in fields(model, prompt, completion) {
+            *bucket.entry(field).or_default() += value;
+        }
+    }
+}
+
+fn is_minute_bucket(key: &str) -> bool {
+    key.rsplit_once(':')
+        .is_some_and(|(head, _)| head.ends_with(":m"))
+}
+
+/// Drops buckets no report can reach any more.
+fn prune(buckets: &mut Buckets, now: i64) {
+    let (oldest_minute, oldest_day) = ((now - MINUTE_TTL_SECS) / 60, (now - DAY_TTL_SECS) / 86_400);
+    buckets.retain(|key, _| {
+        let index: i64 = key
+            .rsplit_once(':')
+            .and_then(|(_, index)| index.parse().ok())
+            .unwrap_or(0);
+        if is_minute_bucket(key) {
+            index >= oldest_minute
+        } else {
+            index >= oldest_day
+        }
+    });
+}
+
 pub struct UsageMeter {
     redis: Option<Arc<RedisHandle>>,
     prefix: String,
-    local: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Kept here: without Redis, or while it is unreachable.
+    local: Mutex<Buckets>,
+    /// Waiting for the next group commit to Redis.
+    pending: Mutex<Buckets>,
+    flushing: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -98,50 +147,75 @@ impl UsageMeter {
             redis,
             prefix,
             local: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            flushing: AtomicBool::new(false),
             metrics,
         }
     }
 
     fn record_locally(&self, tenant: &str, model: &str, prompt: u64, completion: u64, now: i64) {
         let mut local = self.local.lock();
-        for key in [
-            minute_key(&self.prefix, tenant, now / 60),
-            day_key(&self.prefix, tenant, now / 86_400),
-        ] {
-            let bucket = local.entry(key).or_default();
-            for (field, value) in fields(model, prompt, completion) {
-                *bucket.entry(field).or_default() += value;
-            }
-        }
-        // Drop buckets no report can reach any more.
-        let (oldest_minute, oldest_day) =
-            ((now - MINUTE_TTL_SECS) / 60, (now - DAY_TTL_SECS) / 86_400);
-        local.retain(|key, _| match key.rsplit_once(':') {
-            Some((head, index)) => {
-                let index: i64 = index.parse().unwrap_or(0);
-                if head.ends_with(":m") {
-                    index >= oldest_minute
-                } else {
-                    index >= oldest_day
-                }
-            }
-            None => false,
-        });
+        add_request(
+            &mut local,
+            &self.prefix,
+            tenant,
+            model,
+            prompt,
+            completion,
+            now,
+        );
+        prune(&mut local, now);
     }
 
     /// Records one finished (or aborted) request.
+    ///
+    /// Writes are group-committed: while one batch is on its way to Redis,
+    /// requests finishing meanwhile queue up and go together in the next
+    /// one, so under load a Redis round trip carries many requests' usage
+    /// and adds no delay when idle.
     pub async fn record(&self, tenant: &str, model: &str, prompt: u64, completion: u64) {
         let now = now_secs();
         let Some(redis) = &self.redis else {
             return self.record_locally(tenant, model, prompt, completion, now);
         };
-        let minute = minute_key(&self.prefix, tenant, now / 60);
-        let day = day_key(&self.prefix, tenant, now / 86_400);
+        add_request(
+            &mut self.pending.lock(),
+            &self.prefix,
+            tenant,
+            model,
+            prompt,
+            completion,
+            now,
+        );
+        // Whoever wins the flag writes everything queued, including what
+        // arrives while it writes; a loser's usage is in that queue.
+        while self
+            .flushing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let batch = std::mem::take(&mut *self.pending.lock());
+            if !batch.is_empty() {
+                self.write(redis, batch).await;
+            }
+            self.flushing.store(false, Ordering::SeqCst);
+            if self.pending.lock().is_empty() {
+                break;
+            }
+        }
+    }
+
+    async fn write(&self, redis: &RedisHandle, batch: Buckets) {
         let mut pipeline = redis::pipe();
         pipeline.atomic();
-        for (key, ttl) in [(&minute, MINUTE_TTL_SECS), (&day, DAY_TTL_SECS)] {
-            for (field, value) in fields(model, prompt, completion) {
-                pipeline.hincr(key, field, value).ignore();
+        for (key, fields) in &batch {
+            let ttl = if is_minute_bucket(key) {
+                MINUTE_TTL_SECS
+            } else {
+                DAY_TTL_SECS
+            };
+            for (field, value) in fields {
+                pipeline.hincr(key, field, *value).ignore();
             }
             pipeline.expire(key, ttl).ignore();
         }
@@ -154,7 +228,14 @@ impl UsageMeter {
                 .with_label_values(&["usage_record"])
                 .inc();
             tracing::warn!(%error, "usage not written to Redis; kept in this process");
-            self.record_locally(tenant, model, prompt, completion, now);
+            let mut local = self.local.lock();
+            for (key, fields) in batch {
+                let bucket = local.entry(key).or_default();
+                for (field, value) in fields {
+                    *bucket.entry(field).or_default() += value;
+                }
+            }
+            prune(&mut local, now_secs());
         }
     }
 

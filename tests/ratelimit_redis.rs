@@ -355,3 +355,48 @@ async fn redis_outage_fail_closed_refuses_with_503_then_recovers() {
     assert!(recovered, "the gateway recovered by itself");
     let _ = MODEL;
 }
+
+/// Usage from many requests finishing at once is group-committed to Redis
+/// (one round trip carries many): none of it may be lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_usage_records_are_all_counted_once() {
+    use loragate::config::{RedisConfig, RedisFailurePolicy};
+    use loragate::metering::UsageMeter;
+    use loragate::ratelimit::RedisHandle;
+    use std::sync::Arc;
+
+    let redis = RedisHandle::new(&RedisConfig {
+        url: SHARED_REDIS.into(),
+        key_prefix: unique_prefix(),
+        on_failure: RedisFailurePolicy::FailClosed,
+        timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    let meter = Arc::new(UsageMeter::new(
+        Some(Arc::new(redis)),
+        Arc::new(loragate::metrics::Metrics::new()),
+    ));
+    let records: Vec<_> = (0..500u64)
+        .map(|i| {
+            let meter = meter.clone();
+            tokio::spawn(async move {
+                let model = if i % 2 == 0 { "even" } else { "odd" };
+                meter.record("acme", model, 10, i % 7).await
+            })
+        })
+        .collect();
+    for record in records {
+        record.await.unwrap();
+    }
+    let report = meter.report("acme").await.unwrap();
+    let expected_completion: u64 = (0..500u64).map(|i| i % 7).sum();
+    assert_eq!(report.last_hour.total.requests, 500);
+    assert_eq!(report.last_hour.total.prompt_tokens, 5000);
+    assert_eq!(
+        report.last_hour.total.completion_tokens,
+        expected_completion
+    );
+    assert_eq!(report.last_hour.models["even"].requests, 250);
+    assert_eq!(report.today.total, report.last_hour.total);
+}

@@ -229,6 +229,16 @@ fn tenant_adapter(seed: u64) -> tempfile::TempDir {
 }
 
 async fn upload(gateway: &GatewayProcess, name: &str, dir: &Path) {
+    let response = try_upload(gateway, name, dir).await;
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
+}
+
+async fn try_upload(gateway: &GatewayProcess, name: &str, dir: &Path) -> reqwest::Response {
     let part = |file: &str| {
         reqwest::multipart::Part::bytes(std::fs::read(dir.join(file)).unwrap())
             .file_name(file.to_string())
@@ -237,18 +247,28 @@ async fn upload(gateway: &GatewayProcess, name: &str, dir: &Path) {
         .text("name", name.to_string())
         .part("adapter_config", part("adapter_config.json"))
         .part("adapter_model", part("adapter_model.safetensors"));
-    let response = client()
+    client()
         .post(gateway.url("/admin/v1/tenants/anonymous/adapters"))
         .multipart(form)
         .send()
         .await
-        .unwrap();
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "{status}: {}",
-        response.text().await.unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_when_no_replica_could_load_them() {
+    let replica = MockUpstream::start("a", &[]);
+    let fleet = front(
+        &[("a", replica.url())],
+        "model = \"mock-model\"",
+        Some(tiny_model_dir()),
     );
+    let response = try_upload(&fleet, "bot", tenant_adapter(1).path()).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "adapters_unsupported", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("register_adapters"), "{body}");
 }
 
 /// The replica that answered, from the mock's `[<replica> <model>]` prefix.

@@ -292,6 +292,17 @@ def build():
     d.timeseries("Adapter load duration p50/p95", "Time to load an adapter into the engine.",
                  quantiles("loragate_adapter_load_duration_seconds", "", TENANT, qs=(0.5, 0.95)), "s", w=12)
 
+    # ----------------------------------------------------------------- upstream
+    d.row("Upstream replicas")
+    d.timeseries("Replicas in rotation", "1 while a replica passes its health check and is not ejected (with [upstream]).",
+                 [("max by (replica) (loragate_upstream_replica_up)", "{{replica}}")], "short", w=8)
+    d.timeseries("Upstream requests by replica and outcome",
+                 "Requests sent to each replica: ok, refused (failed over), timeout, error (502), rejected (4xx/429).",
+                 [(f"sum by (replica, outcome) ({rate('loragate_upstream_requests_total')})", "{{replica}} {{outcome}}")],
+                 "reqps", w=8, stack=True)
+    d.timeseries("Upstream ejections", "Replicas taken out of rotation after consecutive failed requests.",
+                 [(f"sum by (replica) ({rate('loragate_upstream_ejections_total')})", "{{replica}}")], "ops", w=8)
+
     # ------------------------------------------------------------------ process
     d.row("Process")
     gateway = "and on (instance, job) loragate_build_info"

@@ -52,7 +52,9 @@ pub enum AdapterError {
     Conflict { expected: u64, current: u64 },
     #[error("adapter `{0}` has no earlier generation to roll back to")]
     NoPreviousGeneration(String),
-    #[error("adapters need a safetensors base model; this gateway serves a GGUF file")]
+    #[error(
+        "this gateway cannot serve adapters: they need a safetensors base model, or with [upstream] a model.path holding config.json and upstream.register_adapters = true"
+    )]
     Unsupported,
     #[error("the adapter could not be loaded: {0}")]
     Load(String),

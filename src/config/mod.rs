@@ -60,9 +60,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The folder whose `config.json` adapter uploads are checked against;
-    /// `None` when uploads cannot be checked (a GGUF base, or an upstream
-    /// without `model.path`).
+    /// The folder whose `config.json` describes the base model (adapter
+    /// uploads are checked against it); `None` for a GGUF base or an
+    /// upstream without `model.path`.
     pub fn base_model_dir(&self) -> Option<&Path> {
         let has_config = self.model.path.join("config.json").is_file();
         match (&self.upstream, self.model.format) {
