@@ -467,3 +467,50 @@ async fn usage_is_counted_when_the_upstream_reports_none() {
         2.0 * counted as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_unnoticed_gets_its_adapters_again() {
+    let mut replica = MockUpstream::start("a", &[]);
+    // Health checks too rare to notice the restart: the gateway still
+    // believes the adapter is registered there.
+    let fleet = front(
+        &[("a", replica.url())],
+        "model = \"mock-model\"\nregister_adapters = true\nhealth_interval_ms = 600000",
+        Some(tiny_model_dir()),
+    );
+    upload(&fleet, "bot", tenant_adapter(3).path()).await;
+    assert_eq!(served_by(&fleet, "bot").await, "a");
+    replica.restart();
+    // The replica answers 404 for the forgotten adapter; the gateway
+    // registers it again and resends, and the client never sees it.
+    assert_eq!(served_by(&fleet, "bot").await, "a");
+    assert_eq!(served_by(&fleet, "bot").await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_replica_passes_requests_to_the_next_without_ejection() {
+    let busy = MockUpstream::start("busy", &["--fail-status", "429"]);
+    let idle = MockUpstream::start("idle", &[]);
+    let fleet = front(
+        &[("busy", busy.url()), ("idle", idle.url())],
+        "model = \"mock-model\"\neject_after_failures = 1",
+        None,
+    );
+    for _ in 0..6 {
+        let (status, body) = chat(&fleet, &ask("fleet", false)).await;
+        assert_eq!(status, 200, "{body}");
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(content.starts_with("[idle "), "{content}");
+    }
+    let text = metrics(&fleet).await;
+    assert_eq!(
+        sample(&text, "loragate_upstream_ejections_total{replica=\"busy\"}"),
+        0.0
+    );
+    assert!(
+        sample(
+            &text,
+            "loragate_upstream_requests_total{outcome=\"rejected\",replica=\"busy\"}"
+        ) >= 1.0
+    );
+}

@@ -420,6 +420,10 @@ pub struct RawUpstream {
     /// Keep-alive connections kept open per replica.
     #[serde(default = "default_max_idle_connections")]
     pub max_idle_connections: usize,
+    /// How long an idle connection is kept; keep it under the replicas'
+    /// own keep-alive timeout.
+    #[serde(default = "default_keepalive_idle_ms")]
+    pub keepalive_idle_ms: u64,
     #[serde(default = "default_health_path")]
     pub health_path: String,
     #[serde(default = "default_health_interval_ms")]
@@ -443,7 +447,8 @@ pub struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReplica {
-    /// Metric label and log name; defaults to `r<index>`.
+    /// Metric label, log name and affinity identity; defaults to the URL's
+    /// `host:port`. Gateways sharing replicas must agree on the names.
     pub name: Option<String>,
     /// Base URL without `/v1`, e.g. `http://10.0.0.5:8000`.
     pub url: String,
@@ -463,6 +468,10 @@ fn default_idle_timeout_ms() -> u64 {
 
 fn default_max_idle_connections() -> usize {
     256
+}
+
+fn default_keepalive_idle_ms() -> u64 {
+    4_000
 }
 
 fn default_health_path() -> String {

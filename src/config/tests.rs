@@ -154,7 +154,7 @@ fn an_upstream_model_needs_no_weights_and_takes_defaults() {
     let config = Config::from_toml_str(&upstream_config(""), no_env(), Path::new("/")).unwrap();
     let upstream = config.upstream.as_ref().expect("upstream mode");
     assert_eq!(upstream.model, "m");
-    assert_eq!(upstream.replicas[0].name, "r0");
+    assert_eq!(upstream.replicas[0].name, "10.0.0.1:8000");
     assert_eq!(upstream.replicas[0].url, "http://10.0.0.1:8000");
     assert_eq!(upstream.request_timeout, Duration::from_secs(120));
     assert!(upstream.adapter_registration.is_none());

@@ -16,6 +16,7 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_connections: usize,
+    pub keepalive_idle: Duration,
     pub health_path: String,
     pub health_interval: Duration,
     pub eject_after_failures: u32,
@@ -63,15 +64,23 @@ pub(super) fn upstream(
                 "give the base URL without /v1; the gateway adds the API paths",
             ));
         }
-        let name = replica.name.unwrap_or_else(|| format!("r{index}"));
+        // Named by address by default, not by position, so the affinity of
+        // every other replica's adapters survives adding or removing one.
+        let name = replica.name.unwrap_or_else(|| {
+            let host = parsed.host_str().unwrap_or_default();
+            match parsed.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            }
+        });
         if name.is_empty()
             || !name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
         {
             return Err(ConfigError::key(
                 &key("name"),
-                "use letters, digits, '-', '_' and '.'",
+                "use letters, digits, '-', '_', '.' and ':'",
             ));
         }
         if replicas.iter().any(|r| r.name == name || r.url == url) {
@@ -97,6 +106,7 @@ pub(super) fn upstream(
         ("upstream.connect_timeout_ms", raw.connect_timeout_ms),
         ("upstream.request_timeout_ms", raw.request_timeout_ms),
         ("upstream.idle_timeout_ms", raw.idle_timeout_ms),
+        ("upstream.keepalive_idle_ms", raw.keepalive_idle_ms),
         ("upstream.health_interval_ms", raw.health_interval_ms),
         ("upstream.eject_for_ms", raw.eject_for_ms),
         (
@@ -136,6 +146,7 @@ pub(super) fn upstream(
         request_timeout: Duration::from_millis(raw.request_timeout_ms),
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms),
         max_idle_connections: raw.max_idle_connections,
+        keepalive_idle: Duration::from_millis(raw.keepalive_idle_ms),
         health_path: raw.health_path,
         health_interval: Duration::from_millis(raw.health_interval_ms),
         eject_after_failures: raw.eject_after_failures,

@@ -5,6 +5,7 @@
 //! has the request, failures are reported, never retried elsewhere, since
 //! the generation may already be running there.
 
+mod attempt;
 mod health;
 mod relay;
 pub mod replicas;
@@ -15,12 +16,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::HeaderValue;
 use tokio::task::JoinHandle;
 
 use crate::config::{ModelConfig, UpstreamConfig};
@@ -29,6 +30,7 @@ use crate::engine::{
     PromptMessage,
 };
 use crate::metrics::Metrics;
+use attempt::{Attempt, SendError};
 use relay::{RelayContext, TokenCounter};
 use replicas::{Replica, ReplicaSet, Standing};
 
@@ -73,16 +75,11 @@ impl ReplicaHealth {
 
 struct AdapterModel {
     card: ModelCard,
+    /// Loads not yet matched by an unload: residency may load an id again
+    /// before the unload of its previous stay has run.
+    loads: usize,
     /// The adapter folder as the replicas see it (with registration).
     path_on_replicas: Option<PathBuf>,
-}
-
-/// Why a request could not be handed to a replica.
-enum SendError {
-    /// Nothing reached the replica: safe to try the next one.
-    Refused(String),
-    Timeout,
-    Broken(String),
 }
 
 pub struct UpstreamEngine {
@@ -125,7 +122,9 @@ impl UpstreamEngine {
         let client = reqwest::Client::builder()
             .connect_timeout(upstream.connect_timeout)
             .pool_max_idle_per_host(upstream.max_idle_connections)
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Under the replicas' own keep-alive (uvicorn's is 5 s), so a
+            // request is never sent on a connection the replica is closing.
+            .pool_idle_timeout(upstream.keepalive_idle)
             .tcp_nodelay(true)
             .build()?;
         let replicas = Arc::new(ReplicaSet::new(&upstream.replicas));
@@ -188,88 +187,6 @@ impl UpstreamEngine {
             Err(EngineError::UnknownModel(model.to_string()))
         }
     }
-
-    async fn post(
-        &self,
-        replica: &Replica,
-        path: &str,
-        body: Bytes,
-    ) -> Result<reqwest::Response, SendError> {
-        let mut request = self
-            .client
-            .post(format!("{}{path}", replica.url))
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body);
-        if let Some(key) = &self.api_key {
-            request = request.header(AUTHORIZATION, key.clone());
-        }
-        match tokio::time::timeout(self.request_timeout, request.send()).await {
-            Err(_) => Err(SendError::Timeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => Err(SendError::Refused(error.to_string())),
-            Ok(Err(error)) if error.is_timeout() => Err(SendError::Timeout),
-            Ok(Err(error)) => Err(SendError::Broken(error.to_string())),
-        }
-    }
-
-    /// Makes sure `replica` knows adapter `id` before a request names it.
-    async fn register(&self, replica: &Replica, id: &str, path: &Path) -> Result<(), SendError> {
-        if replica.registered.lock().contains(id) {
-            return Ok(());
-        }
-        let body = serde_json::json!({"lora_name": id, "lora_path": path});
-        let response = self
-            .post(
-                replica,
-                "/v1/load_lora_adapter",
-                Bytes::from(body.to_string()),
-            )
-            .await?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        // vLLM answers 400 "already been loaded" to a second registration.
-        if status.is_success() || (status == 400 && text.contains("already")) {
-            replica.registered.lock().insert(id.to_string());
-            tracing::info!(replica = %replica.name, adapter = %id, "adapter registered upstream");
-            Ok(())
-        } else {
-            Err(SendError::Broken(format!(
-                "registering adapter {id} answered HTTP {status}: {}",
-                text.chars().take(300).collect::<String>()
-            )))
-        }
-    }
-
-    /// Maps a replica's refusal of a request onto the client's status.
-    async fn refusal(&self, replica: &Replica, response: reqwest::Response) -> EngineError {
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1);
-        let body = response.bytes().await.unwrap_or_default();
-        let detail = wire::error_message(&body)
-            .map(|m| format!(": {}", m.chars().take(500).collect::<String>()))
-            .unwrap_or_default();
-        match status.as_u16() {
-            400 | 413 | 422 => {
-                self.health.succeeded(replica, "rejected");
-                EngineError::Rejected(format!("The upstream engine refused the request{detail}"))
-            }
-            429 | 503 => {
-                self.health.failed(replica, "rejected");
-                EngineError::Overloaded {
-                    retry_after_secs: retry_after.max(1),
-                }
-            }
-            code => {
-                self.health.failed(replica, "error");
-                EngineError::BadGateway(format!("The upstream engine answered HTTP {code}{detail}"))
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -312,51 +229,21 @@ impl Engine for UpstreamEngine {
         };
         let body = Bytes::from(wire::request_body(&request, &upstream_model));
         let affinity = adapter.as_ref().map(|(id, _)| affinity_key(id));
-        let candidates = self.replicas.candidates(affinity);
-        let mut refused = 0;
-        for replica in candidates {
-            let started = Instant::now();
-            let attempt = match &adapter {
-                Some((id, Some(path))) => match self.register(&replica, id, path).await {
-                    Ok(()) => {
-                        self.post(&replica, "/v1/chat/completions", body.clone())
-                            .await
-                    }
-                    Err(error) => Err(error),
-                },
-                _ => {
-                    self.post(&replica, "/v1/chat/completions", body.clone())
-                        .await
-                }
-            };
-            let response = match attempt {
-                Ok(response) => response,
-                Err(SendError::Refused(cause)) => {
-                    tracing::warn!(replica = %replica.name, %cause, "upstream replica refused the connection; trying the next");
-                    self.health.failed(&replica, "refused");
-                    refused += 1;
+        let adapter = adapter
+            .as_ref()
+            .and_then(|(id, path)| Some((id.as_str(), path.as_deref()?)));
+        let mut tried = 0;
+        let mut passed_on = None;
+        for replica in self.replicas.candidates(affinity) {
+            tried += 1;
+            let response = match self.attempt(&replica, adapter, &body).await {
+                Attempt::Answered(response) => response,
+                Attempt::NextReplica(error) => {
+                    passed_on = error.or(passed_on);
                     continue;
                 }
-                Err(SendError::Timeout) => {
-                    self.health.failed(&replica, "timeout");
-                    return Err(EngineError::GatewayTimeout(format!(
-                        "The upstream engine did not answer within {} ms.",
-                        self.request_timeout.as_millis()
-                    )));
-                }
-                Err(SendError::Broken(cause)) => {
-                    tracing::warn!(replica = %replica.name, %cause, "upstream request failed");
-                    self.health.failed(&replica, "error");
-                    return Err(EngineError::BadGateway(
-                        "The connection to the upstream engine failed.".into(),
-                    ));
-                }
+                Attempt::Failed(error) => return Err(error),
             };
-            if !response.status().is_success() {
-                return Err(self.refusal(&replica, response).await);
-            }
-            self.health.succeeded(&replica, "ok");
-            tracing::debug!(replica = %replica.name, ms = started.elapsed().as_secs_f64() * 1e3, "upstream answered");
             let progress = Arc::new(AtomicU64::new(0));
             let context = RelayContext {
                 replica,
@@ -374,12 +261,18 @@ impl Engine for UpstreamEngine {
             };
             return Ok(GenerationStream { events, progress });
         }
-        Err(EngineError::BadGateway(format!(
-            "No upstream replica could be reached ({refused} tried)."
-        )))
+        Err(passed_on.unwrap_or_else(|| {
+            EngineError::BadGateway(format!(
+                "No upstream replica could be reached ({tried} tried)."
+            ))
+        }))
     }
 
     async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError> {
+        if let Some(loaded) = self.adapters.write().get_mut(id) {
+            loaded.loads += 1;
+            return Ok(0);
+        }
         let path_on_replicas = match &self.registration {
             None => {
                 return Err(EngineError::Rejected(
@@ -394,20 +287,28 @@ impl Engine for UpstreamEngine {
                 on_replicas.join(relative)
             }
         };
-        // Registered now on the replica its traffic will use, so the first
-        // request does not pay for it; other replicas register on demand.
-        if let Some(replica) = self.replicas.candidates(Some(affinity_key(id))).first() {
-            match self.register(replica, id, &path_on_replicas).await {
-                Ok(()) => {}
-                Err(SendError::Refused(cause) | SendError::Broken(cause)) => {
-                    return Err(EngineError::Unavailable(cause));
+        // Registered now on the replica its traffic will use (or the next
+        // that answers), so the first request does not pay for it; other
+        // replicas register on demand.
+        let mut failure = None;
+        for replica in self.replicas.candidates(Some(affinity_key(id))) {
+            match self.register(&replica, id, &path_on_replicas).await {
+                Ok(()) => {
+                    failure = None;
+                    break;
                 }
+                Err(SendError::Refused(cause)) => failure = Some(EngineError::Unavailable(cause)),
+                Err(SendError::Rejected(message)) => return Err(EngineError::Rejected(message)),
+                Err(SendError::Broken(cause)) => return Err(EngineError::Unavailable(cause)),
                 Err(SendError::Timeout) => {
                     return Err(EngineError::Unavailable(
                         "adapter registration timed out".into(),
                     ));
                 }
             }
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
         }
         let card = ModelCard {
             id: id.to_string(),
@@ -417,6 +318,7 @@ impl Engine for UpstreamEngine {
             id.to_string(),
             AdapterModel {
                 card,
+                loads: 1,
                 path_on_replicas: Some(path_on_replicas),
             },
         );
@@ -425,24 +327,33 @@ impl Engine for UpstreamEngine {
     }
 
     async fn unload_adapter(&self, id: &str) -> Result<(), EngineError> {
-        if self.adapters.write().remove(id).is_none() {
-            return Err(EngineError::UnknownModel(id.to_string()));
-        }
-        for replica in self.replicas.all() {
-            if !replica.registered.lock().remove(id) {
-                continue;
+        {
+            let mut adapters = self.adapters.write();
+            let loaded = adapters
+                .get_mut(id)
+                .ok_or_else(|| EngineError::UnknownModel(id.to_string()))?;
+            loaded.loads -= 1;
+            if loaded.loads > 0 {
+                return Ok(());
             }
-            let body = serde_json::json!({ "lora_name": id }).to_string();
+            adapters.remove(id);
+        }
+        // Every replica, not only those known to hold it: one that was
+        // ejected meanwhile (and so forgotten here) may still hold it.
+        let body = Bytes::from(serde_json::json!({ "lora_name": id }).to_string());
+        for replica in self.replicas.all() {
+            let was_registered = replica.registered.lock().remove(id);
             match self
-                .post(replica, "/v1/unload_lora_adapter", Bytes::from(body))
+                .post(replica, "/v1/unload_lora_adapter", body.clone())
                 .await
             {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => {
+                Ok(response) if response.status().is_success() || response.status() == 404 => {}
+                Ok(response) if was_registered => {
                     tracing::warn!(replica = %replica.name, adapter = %id, status = %response.status(), "upstream kept an adapter it was asked to unload")
                 }
+                Ok(_) => {}
                 Err(_) => {
-                    tracing::warn!(replica = %replica.name, adapter = %id, "could not reach a replica to unload an adapter")
+                    tracing::debug!(replica = %replica.name, adapter = %id, "could not reach a replica to unload an adapter")
                 }
             }
         }

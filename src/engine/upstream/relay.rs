@@ -38,6 +38,15 @@ impl TokenCounter {
         Ok(TokenCounter { tokenizer })
     }
 
+    /// A running count of a streamed completion, kept without its text.
+    pub fn tally(&self) -> Tally<'_> {
+        Tally {
+            counter: self,
+            bytes: 0,
+            tokens: 0,
+        }
+    }
+
     pub fn count(&self, text: &str) -> usize {
         if text.is_empty() {
             return 0;
@@ -60,6 +69,28 @@ impl TokenCounter {
     }
 }
 
+pub struct Tally<'a> {
+    counter: &'a TokenCounter,
+    bytes: usize,
+    tokens: usize,
+}
+
+impl Tally<'_> {
+    fn add(&mut self, text: &str) {
+        self.bytes += text.len();
+        if self.counter.tokenizer.is_some() {
+            self.tokens += self.counter.count(text);
+        }
+    }
+
+    fn total(&self) -> usize {
+        match self.counter.tokenizer {
+            Some(_) => self.tokens,
+            None => self.bytes.div_ceil(4),
+        }
+    }
+}
+
 /// Everything a relay needs besides the answer itself.
 pub struct RelayContext {
     pub replica: Arc<Replica>,
@@ -73,7 +104,7 @@ pub struct RelayContext {
 }
 
 impl RelayContext {
-    fn usage(&self, reported: Option<UpstreamUsage>, text: &str) -> TokenUsage {
+    fn usage(&self, reported: Option<UpstreamUsage>, counted: usize) -> TokenUsage {
         match reported {
             Some(usage) => TokenUsage {
                 prompt_tokens: usage.prompt_tokens,
@@ -81,7 +112,7 @@ impl RelayContext {
             },
             None => TokenUsage {
                 prompt_tokens: self.prompt_tokens,
-                completion_tokens: self.counter.count(text),
+                completion_tokens: counted,
             },
         }
     }
@@ -104,7 +135,9 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
     Box::pin(async_stream::stream! {
         let mut chunks = response.bytes_stream();
         let mut decoder = SseDecoder::default();
-        let mut text = String::new();
+        let counter = context.counter.clone();
+        let mut tally = counter.tally();
+        let mut relayed = 0usize;
         let mut finish: Option<FinishReason> = None;
         let mut usage = None;
         'read: loop {
@@ -140,8 +173,13 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 usage = frame.usage.or(usage);
                 finish = frame.finish.or(finish);
                 if !frame.text.is_empty() {
+                    relayed += frame.text.len();
+                    if relayed > context.body_cap {
+                        yield Err(context.broken(format!("The upstream answer is over {} bytes.", context.body_cap)));
+                        return;
+                    }
                     context.progress.fetch_add(1, Ordering::Relaxed);
-                    text.push_str(&frame.text);
+                    tally.add(&frame.text);
                     yield Ok(GenerationEvent::Delta { text: frame.text });
                 }
             }
@@ -151,7 +189,7 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
         }
         match finish {
             Some(reason) => {
-                let usage = context.usage(usage, &text);
+                let usage = context.usage(usage, tally.total());
                 context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
                 yield Ok(GenerationEvent::Finished { reason, usage });
             }
@@ -186,7 +224,7 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
         }
         match wire::parse_completion(&body) {
             Ok(answer) => {
-                let usage = context.usage(answer.usage, &answer.text);
+                let usage = context.usage(answer.usage, context.counter.count(&answer.text));
                 context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
                 if !answer.text.is_empty() {
                     yield Ok(GenerationEvent::Delta { text: answer.text });

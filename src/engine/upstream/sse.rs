@@ -6,11 +6,13 @@
 #[derive(Default)]
 pub struct SseDecoder {
     pending: Vec<u8>,
+    /// `pending[..scanned]` holds no newline (so reads are not rescanned).
+    scanned: usize,
     data: Option<String>,
 }
 
-/// Longest line accepted; a replica sending more without a newline is broken.
-const MAX_LINE: usize = 8 * 1024 * 1024;
+/// Longest line, and longest event, accepted from a replica.
+const MAX_EVENT: usize = 8 * 1024 * 1024;
 
 impl SseDecoder {
     /// Feeds received bytes; returns the data of every event they complete.
@@ -18,8 +20,10 @@ impl SseDecoder {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut consumed = 0;
-        while let Some(offset) = self.pending[consumed..].iter().position(|&b| b == b'\n') {
-            let end = consumed + offset;
+        let mut from = self.scanned;
+        while let Some(offset) = self.pending[from..].iter().position(|&b| b == b'\n') {
+            let end = from + offset;
+            from = end + 1;
             let line = &self.pending[consumed..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let line = std::str::from_utf8(line).map_err(|_| "a stream line is not UTF-8")?;
@@ -37,10 +41,14 @@ impl SseDecoder {
                     None => self.data = Some(value.to_string()),
                 }
             }
+            if self.data.as_ref().is_some_and(|d| d.len() > MAX_EVENT) {
+                return Err("a stream event is too long".into());
+            }
             consumed = end + 1;
         }
         self.pending.drain(..consumed);
-        if self.pending.len() > MAX_LINE {
+        self.scanned = self.pending.len();
+        if self.pending.len() > MAX_EVENT {
             return Err("a stream line is too long".into());
         }
         Ok(events)
@@ -49,6 +57,7 @@ impl SseDecoder {
     /// An event still open when the stream ends (no final blank line).
     pub fn finish(&mut self) -> Option<String> {
         let line = std::mem::take(&mut self.pending);
+        self.scanned = 0;
         if let Some(value) = std::str::from_utf8(&line)
             .ok()
             .and_then(|l| l.trim_end_matches('\r').strip_prefix("data:"))
@@ -85,6 +94,21 @@ mod tests {
             .push(b": keep-alive\n\nevent: x\nid: 1\ndata: a\ndata:b\n\n")
             .unwrap();
         assert_eq!(events, vec!["a\nb"]);
+    }
+
+    #[test]
+    fn endless_lines_and_events_are_refused() {
+        let mut decoder = SseDecoder::default();
+        let chunk = vec![b'x'; 1024 * 1024];
+        let mut result = Ok(Vec::new());
+        for _ in 0..9 {
+            result = decoder.push(&chunk);
+        }
+        assert!(result.is_err());
+        let mut decoder = SseDecoder::default();
+        let line = format!("data: {}\n", "y".repeat(1024 * 1024));
+        let refused = (0..9).any(|_| decoder.push(line.as_bytes()).is_err());
+        assert!(refused, "an event that never ends is refused");
     }
 
     #[test]

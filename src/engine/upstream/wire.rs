@@ -198,8 +198,16 @@ pub fn error_message(body: &[u8]) -> Option<String> {
     struct Detail {
         detail: Value,
     }
+    // Older vLLM: a flat `{"object":"error","message":...}`.
+    #[derive(Deserialize)]
+    struct Flat {
+        message: String,
+    }
     if let Ok(envelope) = serde_json::from_slice::<Envelope>(body) {
         return envelope.error.message;
+    }
+    if let Ok(flat) = serde_json::from_slice::<Flat>(body) {
+        return Some(flat.message);
     }
     serde_json::from_slice::<Detail>(body)
         .ok()
@@ -292,6 +300,10 @@ mod tests {
             Some("bad".into())
         );
         assert_eq!(error_message(br#"{"detail":"nope"}"#), Some("nope".into()));
+        assert_eq!(
+            error_message(br#"{"object":"error","message":"flat","code":400}"#),
+            Some("flat".into())
+        );
         assert_eq!(error_message(b"plain"), None);
     }
 }
