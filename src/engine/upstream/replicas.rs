@@ -57,7 +57,8 @@ impl Replica {
     /// Counts a failed request; the `eject_after`-th in a row ejects.
     pub fn record_failure(&self, eject_after: u32, eject_for: Duration) -> Standing {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < eject_after {
+        // Exactly one of several concurrent failures ejects.
+        if failures != eject_after {
             return Standing::InRotation;
         }
         self.consecutive_failures.store(0, Ordering::Relaxed);
