@@ -44,7 +44,7 @@ bash scripts/python-env.sh
 log "cargo fmt --check"
 cargo fmt --check
 
-log "building (dev profile; dependencies at -O3)"
+log "building (dev profile: dependencies at -O3, the gateway at -O2)"
 cargo build --locked --bins --tests
 
 log "Rust tests"
