@@ -1,9 +1,10 @@
 //! The model served by remote OpenAI-compatible replicas (vLLM, mistral.rs
 //! servers, another loragate...). Tenancy, limits, metering and metrics stay
 //! in the gateway; the replicas only generate. A request goes to the first
-//! replica of its candidate list that accepts a connection; once a replica
-//! has the request, failures are reported, never retried elsewhere, since
-//! the generation may already be running there.
+//! replica of its candidate list that accepts it (a refused connection or a
+//! busy 429/503 passes it on); once a replica has taken the request,
+//! failures are reported, never retried elsewhere, since the generation may
+//! already be running there.
 
 mod attempt;
 mod health;
@@ -78,8 +79,8 @@ struct AdapterModel {
     /// Loads not yet matched by an unload: residency may load an id again
     /// before the unload of its previous stay has run.
     loads: usize,
-    /// The adapter folder as the replicas see it (with registration).
-    path_on_replicas: Option<PathBuf>,
+    /// The adapter folder as the replicas see it.
+    path_on_replicas: PathBuf,
 }
 
 pub struct UpstreamEngine {
@@ -231,7 +232,7 @@ impl Engine for UpstreamEngine {
         let affinity = adapter.as_ref().map(|(id, _)| affinity_key(id));
         let adapter = adapter
             .as_ref()
-            .and_then(|(id, path)| Some((id.as_str(), path.as_deref()?)));
+            .map(|(id, path)| (id.as_str(), path.as_path()));
         let mut tried = 0;
         let mut passed_on = None;
         for replica in self.replicas.candidates(affinity) {
@@ -319,7 +320,7 @@ impl Engine for UpstreamEngine {
             AdapterModel {
                 card,
                 loads: 1,
-                path_on_replicas: Some(path_on_replicas),
+                path_on_replicas,
             },
         );
         // The weights live on the replicas; this process holds nothing.
