@@ -54,7 +54,24 @@ log "openai SDK end to end on the default model ($MODEL_PATH)"
 start_gateway config/default.toml
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
-kill "${pids[-1]}"
+
+log "the same SDK tests through a second gateway relaying to it ([upstream])"
+cat > "$scratch/relay.toml" <<TOML
+[model]
+served_name = "smollm2-135m-instruct"
+context_length = 2048
+[auth]
+enabled = false
+[logging]
+level = "warn"
+[upstream]
+[[upstream.replicas]]
+url = "$URL"
+TOML
+start_gateway "$scratch/relay.toml"
+LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
+kill "${pids[-1]}" "${pids[-2]}"
 
 log "the default model converted to safetensors (the adapter route): same SDK tests"
 bash scripts/convert-default-model.sh >/dev/null
