@@ -514,3 +514,18 @@ async fn a_busy_replica_passes_requests_to_the_next_without_ejection() {
         ) >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_ends_with_an_error_event() {
+    let cut = MockUpstream::start("cut", &["--break-after", "2"]);
+    let fleet = front(&[("cut", cut.url())], "model = \"mock-model\"", None);
+    let streamed = stream(&fleet, &ask("fleet", true)).await;
+    assert_eq!(streamed.status, 200, "the stream had begun");
+    assert_eq!(streamed.content, "[cut mock-model] w1");
+    assert_eq!(streamed.errors.len(), 1, "{:?}", streamed.errors);
+    assert_eq!(streamed.errors[0]["error"]["code"], "upstream_error");
+    assert!(streamed.usage.is_none());
+    // Not streamed, the same replica's answer is whole and fine.
+    let (status, _) = chat(&fleet, &ask("fleet", false)).await;
+    assert_eq!(status, 200);
+}

@@ -41,6 +41,9 @@ struct Options {
     /// Leave usage out of answers.
     #[arg(long)]
     no_usage: bool,
+    /// End a streamed answer after this many content frames, unfinished.
+    #[arg(long)]
+    break_after: Option<usize>,
     #[arg(long, default_value_t = 1)]
     workers: usize,
 }
@@ -134,6 +137,9 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
         frames.push(format!("data: {last}\n\n"));
     }
     frames.push("data: [DONE]\n\n".into());
+    if let Some(content_frames) = options.break_after {
+        frames.truncate(1 + content_frames);
+    }
     if options.token_delay_ms == 0 {
         return HttpResponse::Ok()
             .content_type("text/event-stream")
