@@ -6,20 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key};
+use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key, tiny_adapter};
 use loragate::fixture::lora::{AdapterSpec, adapter_config, write_adapter};
 use serde_json::Value;
-
-fn adapter(seed: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_adapter(
-        dir.path(),
-        &loragate::fixture::TINY,
-        &AdapterSpec::tiny(seed),
-    )
-    .unwrap();
-    dir
-}
 
 fn form(name: &str, config: Vec<u8>, weights: Vec<u8>) -> reqwest::multipart::Form {
     reqwest::multipart::Form::new()
@@ -111,7 +100,7 @@ fn two_tenants() -> (TestServer, String, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uploaded_adapter_serves_its_first_request() {
     let server = TestServer::start();
-    let dir = adapter(31);
+    let dir = tiny_adapter(31);
     let uploaded = upload(&server, "bot", dir.path(), None).await;
     assert_eq!(uploaded.status(), 201);
     assert_eq!(uploaded.headers()["etag"], "\"1\"");
@@ -151,7 +140,7 @@ async fn every_invalid_upload_is_refused_and_leaves_nothing() {
     let adapters = tempfile::tempdir().unwrap();
     let dir_text = adapters.path().display().to_string();
     let server = TestServer::with(&[("adapters.dir", &dir_text), ("adapters.max_bytes", "20000")]);
-    let good = adapter(1);
+    let good = tiny_adapter(1);
     let (config, weights) = files_of(good.path());
     let mut dora = adapter_config(&AdapterSpec::tiny(1), "tiny");
     dora["use_dora"] = true.into();
@@ -255,7 +244,7 @@ async fn every_invalid_upload_is_refused_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replace_needs_the_current_generation_and_rolls_back() {
     let server = TestServer::start();
-    let (first, second) = (adapter(41), adapter(42));
+    let (first, second) = (tiny_adapter(41), tiny_adapter(42));
     assert_eq!(
         upload(&server, "bot", first.path(), None).await.status(),
         201
@@ -306,7 +295,7 @@ async fn replace_needs_the_current_generation_and_rolls_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replacing_under_load_fails_no_request_and_switches_outputs() {
     let server = TestServer::start();
-    let (first, second) = (adapter(51), adapter(52));
+    let (first, second) = (tiny_adapter(51), tiny_adapter(52));
     assert_eq!(
         upload(&server, "bot", first.path(), None).await.status(),
         201
@@ -389,7 +378,7 @@ async fn replacing_under_load_fails_no_request_and_switches_outputs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_budget_evicts_the_least_recently_used_and_reloads_on_demand() {
     let server = TestServer::with(&[("adapters.max_resident", "1")]);
-    let (a, b) = (adapter(61), adapter(62));
+    let (a, b) = (tiny_adapter(61), tiny_adapter(62));
     assert_eq!(upload(&server, "a", a.path(), None).await.status(), 201);
     let (_, output_a) = answer(&server, "a").await;
     assert_eq!(upload(&server, "b", b.path(), None).await.status(), 201);
@@ -430,7 +419,7 @@ async fn the_budget_evicts_the_least_recently_used_and_reloads_on_demand() {
 async fn concurrent_requests_for_a_cold_adapter_share_one_load() {
     let server = TestServer::with(&[("adapters.warm_on_upload", "false")]);
     assert_eq!(
-        upload(&server, "cold", adapter(71).path(), None)
+        upload(&server, "cold", tiny_adapter(71).path(), None)
             .await
             .status(),
         201
@@ -455,7 +444,7 @@ async fn concurrent_requests_for_a_cold_adapter_share_one_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_see_and_use_only_their_adapters() {
     let (server, acme, globex, admin) = two_tenants();
-    let dir = adapter(81);
+    let dir = tiny_adapter(81);
     assert_eq!(
         upload_as(&server, Some(&acme), "acme", "bot", dir.path(), None)
             .await
@@ -506,13 +495,13 @@ async fn adapters_survive_a_restart() {
     let output = {
         let server = TestServer::with(&[("adapters.dir", &store_text)]);
         assert_eq!(
-            upload(&server, "bot", adapter(91).path(), None)
+            upload(&server, "bot", tiny_adapter(91).path(), None)
                 .await
                 .status(),
             201
         );
         assert_eq!(
-            upload(&server, "bot", adapter(92).path(), Some(1))
+            upload(&server, "bot", tiny_adapter(92).path(), Some(1))
                 .await
                 .status(),
             201
@@ -532,7 +521,7 @@ async fn adapters_survive_a_restart() {
 async fn a_load_waits_for_a_busy_slot_instead_of_failing() {
     let server = TestServer::with(&[("adapters.max_resident", "1")]);
     assert_eq!(
-        upload(&server, "a", adapter(101).path(), None)
+        upload(&server, "a", tiny_adapter(101).path(), None)
             .await
             .status(),
         201
@@ -549,7 +538,7 @@ async fn a_load_waits_for_a_busy_slot_instead_of_failing() {
         .unwrap();
     assert_eq!(stream.status(), 200);
     let started = Instant::now();
-    let second = adapter(102);
+    let second = tiny_adapter(102);
     let pending = upload(&server, "b", second.path(), None);
     let release = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -596,7 +585,7 @@ async fn a_tenants_default_adapter_answers_for_the_base_name() {
     };
     // Until the default adapter exists, asking for the base is a 404 rather than a silent fallback.
     assert_eq!(ask(MODEL).await.0, 404);
-    let dir = adapter(111);
+    let dir = tiny_adapter(111);
     assert_eq!(
         upload_as(
             &server,
@@ -629,7 +618,7 @@ async fn a_shared_adapter_is_usable_by_every_tenant_by_its_owners_name() {
     let upload_shared = |name: &'static str, shared: &'static str, seed: u64| {
         let (url, admin) = (server.url("/admin/v1/tenants/acme/adapters"), admin.clone());
         async move {
-            let dir = adapter(seed);
+            let dir = tiny_adapter(seed);
             let (config, weights) = files_of(dir.path());
             let form = form(name, config, weights).text("shared", shared);
             authed(client().post(url), &admin)

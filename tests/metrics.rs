@@ -6,14 +6,7 @@ mod common;
 use common::{TestServer, chat_body, client};
 
 async fn exposition(server: &TestServer) -> String {
-    client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::metrics_text(&server.base).await
 }
 
 fn series(text: &str) -> usize {

@@ -244,17 +244,7 @@ async fn status_of(gateway: &GatewayProcess, key: &str) -> u16 {
 }
 
 async fn metric(gateway: &GatewayProcess, sample: &str) -> f64 {
-    let text = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    common::sample(&common::metrics_text(&gateway.base).await, sample)
 }
 
 #[tokio::test(flavor = "multi_thread")]

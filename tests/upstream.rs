@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::{GatewayProcess, MockUpstream, free_port};
-use common::{client, tiny_model_dir};
+use common::{client, metrics_text, sample, tiny_adapter, tiny_model_dir};
 use futures_util::StreamExt;
-use loragate::fixture::lora::{AdapterSpec, write_adapter};
 use serde_json::{Value, json};
 
 /// A front gateway serving `fleet` from `replicas`; `upstream` adds keys to
@@ -126,23 +125,6 @@ async fn stream(gateway: &GatewayProcess, body: &Value) -> Streamed {
     result
 }
 
-async fn metrics(gateway: &GatewayProcess) -> String {
-    client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_a_real_engine_and_settles_on_its_usage() {
     let back = GatewayProcess::spawn("");
@@ -176,7 +158,7 @@ async fn relays_a_real_engine_and_settles_on_its_usage() {
     let prompt = direct["usage"]["prompt_tokens"].as_f64().unwrap();
     let completion = direct["usage"]["completion_tokens"].as_f64().unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&fleet).await;
+    let text = metrics_text(&fleet.base).await;
     let labels = "{model=\"fleet\",tenant=\"anonymous\"}";
     assert_eq!(
         sample(&text, &format!("loragate_prompt_tokens_total{labels}")),
@@ -217,17 +199,6 @@ async fn streamed_frames_are_relayed_as_they_arrive() {
     assert_eq!(streamed.usage.unwrap()["completion_tokens"], 6);
 }
 
-fn tenant_adapter(seed: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_adapter(
-        dir.path(),
-        &loragate::fixture::TINY,
-        &AdapterSpec::tiny(seed),
-    )
-    .unwrap();
-    dir
-}
-
 async fn upload(gateway: &GatewayProcess, name: &str, dir: &Path) {
     let response = try_upload(gateway, name, dir).await;
     let status = response.status();
@@ -263,7 +234,7 @@ async fn uploads_are_refused_when_no_replica_could_load_them() {
         "model = \"mock-model\"",
         Some(tiny_model_dir()),
     );
-    let response = try_upload(&fleet, "bot", tenant_adapter(1).path()).await;
+    let response = try_upload(&fleet, "bot", tiny_adapter(1).path()).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "adapters_unsupported", "{body}");
@@ -307,7 +278,7 @@ async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
     );
     let names: Vec<String> = (0..6).map(|i| format!("bot{i}")).collect();
     for (seed, name) in names.iter().enumerate() {
-        upload(&fleet, name, tenant_adapter(seed as u64 + 1).path()).await;
+        upload(&fleet, name, tiny_adapter(seed as u64 + 1).path()).await;
     }
     let mut home = Vec::new();
     for name in &names {
@@ -352,7 +323,7 @@ async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
     for _ in 0..5 {
         assert_eq!(served_by(&fleet, "bot0").await, victim);
     }
-    let text = metrics(&fleet).await;
+    let text = metrics_text(&fleet.base).await;
     assert!(
         sample(
             &text,
@@ -458,7 +429,7 @@ async fn usage_is_counted_when_the_upstream_reports_none() {
     let streamed = stream(&fleet, &ask("fleet", true)).await;
     assert_eq!(streamed.usage.unwrap()["completion_tokens"], counted);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&fleet).await;
+    let text = metrics_text(&fleet.base).await;
     assert_eq!(
         sample(
             &text,
@@ -478,7 +449,7 @@ async fn a_replica_restarted_unnoticed_gets_its_adapters_again() {
         "model = \"mock-model\"\nregister_adapters = true\nhealth_interval_ms = 600000",
         Some(tiny_model_dir()),
     );
-    upload(&fleet, "bot", tenant_adapter(3).path()).await;
+    upload(&fleet, "bot", tiny_adapter(3).path()).await;
     assert_eq!(served_by(&fleet, "bot").await, "a");
     replica.restart();
     // The replica answers 404 for the forgotten adapter; the gateway
@@ -502,7 +473,7 @@ async fn a_busy_replica_passes_requests_to_the_next_without_ejection() {
         let content = body["choices"][0]["message"]["content"].as_str().unwrap();
         assert!(content.starts_with("[idle "), "{content}");
     }
-    let text = metrics(&fleet).await;
+    let text = metrics_text(&fleet.base).await;
     assert_eq!(
         sample(&text, "loragate_upstream_ejections_total{replica=\"busy\"}"),
         0.0

@@ -64,9 +64,9 @@ impl Config {
     /// uploads are checked against it); `None` for a GGUF base or an
     /// upstream without `model.path`.
     pub fn base_model_dir(&self) -> Option<&Path> {
-        let has_config = self.model.path.join("config.json").is_file();
         match (&self.upstream, self.model.format) {
-            (Some(_), _) if has_config => Some(&self.model.path),
+            // Validation made sure a given upstream `model.path` has config.json.
+            (Some(_), _) if !self.model.path.as_os_str().is_empty() => Some(&self.model.path),
             (None, ModelFormat::Safetensors) => Some(&self.model.path),
             _ => None,
         }

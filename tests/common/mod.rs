@@ -166,22 +166,43 @@ pub fn chat_body(content: &str, max_tokens: usize) -> serde_json::Value {
     })
 }
 
-/// Reads a metric sample (`name{labels}`) from `/metrics`.
-pub async fn metric(server: &TestServer, sample: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
+/// The `/metrics` exposition of the gateway at `base`.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("body");
+        .expect("body")
+}
+
+/// A sample's value (`name{labels}`) in an exposition; 0 when absent.
+pub fn sample(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| {
-            line.strip_prefix(sample)
+            line.strip_prefix(name)
                 .and_then(|rest| rest.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// Reads a metric sample (`name{labels}`) from `/metrics`.
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    sample(&metrics_text(&server.base).await, name)
+}
+
+/// A rank-8 PEFT adapter for the tiny model, seeded, in a fresh folder.
+pub fn tiny_adapter(seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("adapter folder");
+    loragate::fixture::lora::write_adapter(
+        dir.path(),
+        &loragate::fixture::TINY,
+        &loragate::fixture::lora::AdapterSpec::tiny(seed),
+    )
+    .expect("adapter written");
+    dir
 }
 
 /// Waits until a metric stops changing for `quiet`, returning its value.

@@ -31,15 +31,8 @@ impl SseDecoder {
                 if let Some(data) = self.data.take() {
                     events.push(data);
                 }
-            } else if let Some(value) = line.strip_prefix("data:") {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
-                    }
-                    None => self.data = Some(value.to_string()),
-                }
+            } else {
+                data_field(&mut self.data, line);
             }
             if self.data.as_ref().is_some_and(|d| d.len() > MAX_EVENT) {
                 return Err("a stream event is too long".into());
@@ -58,20 +51,26 @@ impl SseDecoder {
     pub fn finish(&mut self) -> Option<String> {
         let line = std::mem::take(&mut self.pending);
         self.scanned = 0;
-        if let Some(value) = std::str::from_utf8(&line)
-            .ok()
-            .and_then(|l| l.trim_end_matches('\r').strip_prefix("data:"))
-        {
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match &mut self.data {
-                Some(data) => {
-                    data.push('\n');
-                    data.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
-            }
+        if let Ok(line) = std::str::from_utf8(&line) {
+            data_field(&mut self.data, line.trim_end_matches('\r'));
         }
         self.data.take()
+    }
+}
+
+/// One non-empty line: a `data:` line joins the open event's data; other
+/// fields and comments are ignored.
+fn data_field(data: &mut Option<String>, line: &str) {
+    let Some(value) = line.strip_prefix("data:") else {
+        return;
+    };
+    let value = value.strip_prefix(' ').unwrap_or(value);
+    match data {
+        Some(data) => {
+            data.push('\n');
+            data.push_str(value);
+        }
+        None => *data = Some(value.to_string()),
     }
 }
 
