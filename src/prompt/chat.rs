@@ -1,0 +1,88 @@
+//! A model's chat prompt as the gateway builds it: its own chat template
+//! rendered exactly as transformers does, then its tokenizer. The rendered
+//! text already holds every special token the template wants (BOS included),
+//! so tokenizing adds none, as `apply_chat_template` does.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use super::template::{ChatTemplate, TemplateError};
+use crate::engine::PromptMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The template refused the conversation (`raise_exception`): the
+    /// client's to fix.
+    #[error("{0}")]
+    Template(String),
+    #[error("tokenizing the prompt failed: {0}")]
+    Tokenizer(String),
+}
+
+pub struct ChatPrompt {
+    template: ChatTemplate,
+    tokenizer: Arc<Tokenizer>,
+    max_token_bytes: usize,
+}
+
+impl ChatPrompt {
+    pub fn from_model_dir(dir: &Path) -> anyhow::Result<ChatPrompt> {
+        let file = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        Ok(ChatPrompt::new(template, tokenizer))
+    }
+
+    pub fn new(template: ChatTemplate, tokenizer: Tokenizer) -> ChatPrompt {
+        ChatPrompt {
+            max_token_bytes: super::max_token_bytes(&tokenizer),
+            template,
+            tokenizer: Arc::new(tokenizer),
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
+    /// The end-of-turn token the template writes, as an id.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.template
+            .special_token("eos_token")
+            .and_then(|token| self.tokenizer.token_to_id(token))
+    }
+
+    pub fn supports_tools(&self) -> bool {
+        self.template.supports_tools()
+    }
+
+    pub fn render(&self, messages: &[PromptMessage]) -> Result<String, PromptError> {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
+        self.template
+            .render(&messages, None, true)
+            .map_err(|error| match error {
+                TemplateError::Raised(message) => PromptError::Template(message),
+                other => PromptError::Template(other.to_string()),
+            })
+    }
+
+    /// The prompt's token ids, ready for the model.
+    pub fn tokenize(&self, messages: &[PromptMessage]) -> Result<Vec<u32>, PromptError> {
+        let text = self.render(messages)?;
+        self.tokenizer
+            .encode(text, false)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .map_err(|e| PromptError::Tokenizer(e.to_string()))
+    }
+}
