@@ -45,6 +45,8 @@ pub struct AppState {
     pub base_shape: Option<BaseShape>,
     pub adapter_limits: AdapterLimits,
     pub warm_on_upload: bool,
+    /// How long a streaming client may take nothing while output waits.
+    pub write_idle_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
                 max_bytes: config.adapters.max_bytes,
             },
             warm_on_upload: config.adapters.warm_on_upload,
+            write_idle_timeout: config.server.write_idle_timeout,
             engine: OnceLock::new(),
             admission: Admission::new(&config.admission),
             auth: Authenticator::new(config)?,

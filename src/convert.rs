@@ -12,30 +12,13 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::fixture::weights::{NamedTensor, write_tensors};
 
-fn meta<'a>(content: &'a Content, key: &str) -> anyhow::Result<&'a Value> {
-    content
-        .metadata
-        .get(key)
-        .with_context(|| format!("GGUF metadata lacks {key}"))
-}
-
-fn meta_usize(content: &Content, key: &str) -> anyhow::Result<usize> {
-    Ok(meta(content, key)?.to_u32()? as usize)
-}
-
-fn strings(content: &Content, key: &str) -> anyhow::Result<Vec<String>> {
-    meta(content, key)?
-        .to_vec()?
-        .iter()
-        .map(|v| Ok(v.to_string()?.clone()))
-        .collect()
-}
+use crate::prompt::gguf::{meta, meta_usize, tokenizer_json};
 
 /// Undoes llama.cpp's `permute(w, n_head)`: rows were regrouped from
 /// (head, half, pair) to (head, pair, half).
@@ -73,53 +56,6 @@ fn hf_name(gguf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{module}"))
-}
-
-fn tokenizer_json(content: &Content) -> anyhow::Result<(serde_json::Value, Vec<String>)> {
-    let tokens = strings(content, "tokenizer.ggml.tokens")?;
-    let merges = strings(content, "tokenizer.ggml.merges")?;
-    let types: Vec<i32> = meta(content, "tokenizer.ggml.token_type")?
-        .to_vec()?
-        .iter()
-        .map(|v| v.to_i32().unwrap_or(1))
-        .collect();
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, token)| (token.clone(), json!(id)))
-        .collect();
-    // Control tokens (type 3) are matched whole and kept out of the BPE.
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| types.get(*id) == Some(&3))
-        .map(|(id, token)| {
-            json!({"id": id, "content": token, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        // SmolLM2's ("smollm" in llama.cpp): digits one by one, then GPT-2 byte level.
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            byte_level
-        ]},
-        "post_processor": byte_level,
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges
-        }
-    });
-    Ok((tokenizer, tokens))
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {

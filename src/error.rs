@@ -52,6 +52,10 @@ pub enum ApiError {
         prompt: usize,
         completion: usize,
     },
+    #[error(
+        "This model's maximum context length is {limit} tokens. However, your messages are {bytes} bytes long, more than {limit} tokens can hold. Please reduce the length of the messages."
+    )]
+    PromptTooLong { limit: usize, bytes: usize },
     #[error("Request body is larger than the limit of {limit} bytes.")]
     PayloadTooLarge { limit: usize },
     #[error("Unknown request URL: {method} {path}. Please check the URL and method.")]
@@ -129,6 +133,7 @@ impl ApiError {
             ApiError::InvalidRequest { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::ContextLengthExceeded { .. }
+            | ApiError::PromptTooLong { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::RouteNotFound { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
@@ -163,7 +168,9 @@ impl ApiError {
             ApiError::Adapter(AdapterError::Invalid { field, .. }) => Some(field.clone()),
             ApiError::Adapter(AdapterError::Conflict { .. }) => Some("expected_generation".into()),
             ApiError::ModelNotFound(_) => Some("model".into()),
-            ApiError::ContextLengthExceeded { .. } => Some("messages".into()),
+            ApiError::ContextLengthExceeded { .. } | ApiError::PromptTooLong { .. } => {
+                Some("messages".into())
+            }
             _ => None,
         }
     }
@@ -172,7 +179,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { code, .. } => *code,
             ApiError::ModelNotFound(_) => Some("model_not_found"),
-            ApiError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
+            ApiError::ContextLengthExceeded { .. } | ApiError::PromptTooLong { .. } => {
+                Some("context_length_exceeded")
+            }
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::RouteNotFound { .. } => Some("unknown_url"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
@@ -230,9 +239,9 @@ impl From<AdapterError> for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } | ApiError::ContextLengthExceeded { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidRequest { .. }
+            | ApiError::ContextLengthExceeded { .. }
+            | ApiError::PromptTooLong { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

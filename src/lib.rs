@@ -21,6 +21,7 @@ pub mod error;
 pub mod fixture;
 pub mod metering;
 pub mod metrics;
+pub mod prompt;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub generation_duration: HistogramVec,
     pub queue_wait: Histogram,
     pub queue_depth: IntGauge,
+    /// Rendering and tokenizing prompts (only for requests within limits).
+    pub prompt_tokenization: Histogram,
     pub admission_rejections: IntCounterVec,
     // Tenancy and limits.
     pub ratelimit_rejections: IntCounterVec,
@@ -184,6 +186,17 @@ impl Metrics {
                     HistogramOpts::from(opts(
                         "queue_wait_seconds",
                         "Time waiting for a generation slot.",
+                    ))
+                    .buckets(REQUEST_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            prompt_tokenization: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::from(opts(
+                        "prompt_tokenization_seconds",
+                        "Rendering and tokenizing one prompt, off the engine and HTTP threads.",
                     ))
                     .buckets(REQUEST_BUCKETS.to_vec()),
                 )

@@ -5,9 +5,24 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::app;
-use crate::config::Config;
+use crate::config::{Config, EngineKind, ModelConfig};
+use crate::engine::Engine;
 use crate::engine::mistral::MistralEngine;
+use crate::engine::shared_base::SharedBaseEngine;
 use crate::engine::upstream::UpstreamEngine;
+
+/// Loads the in-process engine the configuration names.
+pub async fn load_engine(
+    model: &ModelConfig,
+    sampled_tokens: prometheus::IntCounter,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match model.engine {
+        EngineKind::Mistralrs => Arc::new(MistralEngine::load(model, sampled_tokens).await?),
+        EngineKind::SharedBase | EngineKind::Auto => {
+            Arc::new(SharedBaseEngine::load(model, sampled_tokens).await?)
+        }
+    })
+}
 
 /// Serves until the server stops (Ctrl-C / SIGTERM drain in-flight requests).
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -41,11 +56,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let failed = failure.clone();
     let loader = tokio::spawn(async move {
         let started = Instant::now();
-        tracing::info!(path = %model.path.display(), format = ?model.format, "loading model");
-        match MistralEngine::load(&model, sampled).await {
+        tracing::info!(path = %model.path.display(), format = ?model.format, engine = ?model.engine, "loading model");
+        match load_engine(&model, sampled).await {
             Ok(engine) => {
                 tracing::info!(model = %model.served_name, seconds = started.elapsed().as_secs_f64(), "model ready");
-                state.install_engine(Arc::new(engine));
+                state.install_engine(engine);
             }
             Err(error) => {
                 tracing::error!(%error, "model failed to load; stopping");

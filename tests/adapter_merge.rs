@@ -33,7 +33,7 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
         role: Role::User,
         content: prompt.into(),
     }];
-    let prompt_tokens = engine.count_prompt_tokens(model, &messages).await.unwrap();
+    let prompt = engine.count_prompt_tokens(model, &messages).await.unwrap();
     let request = GenerationRequest {
         model: model.into(),
         messages,
@@ -42,17 +42,19 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
             ..Sampling::default()
         },
         max_tokens: 24,
-        prompt_tokens,
+        prompt_tokens: prompt.count,
         stop: Vec::new(),
         constraint: OutputConstraint::None,
         max_tokens_chosen: true,
         stream: true,
+        prompt_ids: prompt.ids,
+        claim: Default::default(),
     };
     let mut stream = engine.generate(request).await.unwrap().events;
     let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event.unwrap() {
-            GenerationEvent::Delta { text: piece } => text.push_str(&piece),
+            GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
             GenerationEvent::Finished { .. } => break,
         }
     }

@@ -34,7 +34,7 @@ impl Outcome {
     pub fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         match event {
-            Ok(GenerationEvent::Delta { text }) if !text.is_empty() => {
+            Ok(GenerationEvent::Delta { text, .. }) if !text.is_empty() => {
                 let now = Instant::now();
                 match self.last_text {
                     None => self
@@ -95,7 +95,6 @@ impl Settlement {
         metrics: Arc<Metrics>,
         tenant: &str,
         model: &str,
-        prompt_tokens: usize,
     ) -> Settlement {
         Settlement {
             reservation,
@@ -103,13 +102,20 @@ impl Settlement {
             metrics,
             tenant: tenant.to_string(),
             model: model.to_string(),
-            prompt_tokens: prompt_tokens as u64,
+            prompt_tokens: 0,
             progress: None,
             final_usage: None,
         }
     }
 
-    pub fn generating(&mut self, progress: Arc<AtomicU64>) {
+    /// The reservation, while the request is still being admitted (its
+    /// prompt is measured after the first decision).
+    pub fn reservation(&mut self) -> Option<&mut Reservation> {
+        self.reservation.as_mut()
+    }
+
+    pub fn generating(&mut self, prompt_tokens: usize, progress: Arc<AtomicU64>) {
+        self.prompt_tokens = prompt_tokens as u64;
         self.progress = Some(progress);
     }
 

@@ -45,8 +45,10 @@ pub async fn create_chat_completion(
     let chat = ValidatedChat::from_request(body.into_inner())?;
     let stream = chat.stream;
     let peer = PeerSocket::of(&request);
+    // A stream's client can stop reading; its connection is shut then.
+    let connection = peer.filter(|_| stream).and_then(PeerSocket::duplicate);
     let generation = tokio::select! {
-        started = completion::start(&state, &caller.0, chat) => started?,
+        started = completion::start(&state, &caller.0, chat, connection) => started?,
         () = client_gone(peer) => return Err(ApiError::ClientClosed),
     };
     let rate_headers = generation.rate.headers();

@@ -1,28 +1,38 @@
-//! One chat completion from validated request to rendered answer: admission,
-//! prompt measurement, the engine call, and assembling either a JSON body or
-//! the chunk sequence of a stream.
+//! One chat completion from validated request to rendered answer. The order
+//! is the point: everything cheap and everything that can refuse comes
+//! before anything that costs the engine work.
+//!
+//! 1. resolve the model (no adapter is loaded yet) and bound the prompt by
+//!    its bytes;
+//! 2. the tenant's limits, reserving a lower bound of the prompt's tokens;
+//! 3. tokenize (off the engine loop and the HTTP workers), check the
+//!    context, and reserve the rest of the exact count;
+//! 4. admission, then the adapter load, then the engine.
+//!
+//! From the first event on, [`delivery`](crate::api::delivery) drains the
+//! engine whatever the client does.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
-use crate::adapters::AdapterLease;
 use crate::api::accounting::{Outcome, Settlement};
+use crate::api::delivery::{self, ClientSide, EngineSide};
 use crate::api::routing;
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, ChunkDelta,
-    Usage, UsageField,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChoiceLogprobs, ChunkChoice,
+    ChunkDelta, TokenLogprobEntry, Usage, UsageField,
 };
 use crate::app::AppState;
 use crate::auth::Tenant;
-use crate::engine::admission::AdmissionError;
+use crate::engine::admission::{AdmissionError, Claim};
 use crate::engine::{
-    AdmissionPermit, EngineError, EventStream, FinishReason, GenerationEvent, GenerationStream,
+    AdmissionPermit, EngineError, FinishReason, GenerationEvent, GenerationStream, TokenLogprob,
     TokenUsage,
 };
 use crate::error::ApiError;
-use crate::ratelimit::{Decision, LimitKind, RateSnapshot};
+use crate::ratelimit::{Decision, LimitKind, RateSnapshot, TopUp};
 
 /// A generation that has produced its first event: from here on, failures
 /// are reported inside the answer rather than as an HTTP status.
@@ -34,13 +44,10 @@ pub struct Generation {
     pub include_usage: bool,
     /// The tenant's limits after this request was admitted.
     pub rate: RateSnapshot,
+    /// The answer carries log probabilities.
+    pub logprobs: bool,
     first: Option<Result<GenerationEvent, EngineError>>,
-    events: EventStream,
-    outcome: Outcome,
-    settlement: Settlement,
-    _permit: AdmissionPermit,
-    /// Keeps the adapter loaded until this generation is over.
-    _adapter: Option<AdapterLease>,
+    events: ClientSide,
 }
 
 fn unix_now() -> u64 {
@@ -51,24 +58,30 @@ fn unix_now() -> u64 {
 }
 
 /// An engine failure as the client sees it (also inside a started stream).
-pub fn engine_error(error: EngineError) -> ApiError {
-    match error {
-        EngineError::UnknownModel(model) => ApiError::ModelNotFound(model),
-        EngineError::Rejected(message) => ApiError::InvalidRequest {
-            message,
-            param: None,
-            code: None,
-        },
-        EngineError::Unavailable(cause) | EngineError::Internal(cause) => ApiError::engine(cause),
-        EngineError::BadGateway(message) => ApiError::Upstream {
-            timeout: false,
-            message,
-        },
-        EngineError::GatewayTimeout(message) => ApiError::Upstream {
-            timeout: true,
-            message,
-        },
-        EngineError::Overloaded { retry_after_secs } => ApiError::Overloaded { retry_after_secs },
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::UnknownModel(model) => ApiError::ModelNotFound(model),
+            EngineError::Rejected(message) => ApiError::InvalidRequest {
+                message,
+                param: None,
+                code: None,
+            },
+            EngineError::Unavailable(cause) | EngineError::Internal(cause) => {
+                ApiError::engine(cause)
+            }
+            EngineError::BadGateway(message) => ApiError::Upstream {
+                timeout: false,
+                message,
+            },
+            EngineError::GatewayTimeout(message) => ApiError::Upstream {
+                timeout: true,
+                message,
+            },
+            EngineError::Overloaded { retry_after_secs } => {
+                ApiError::Overloaded { retry_after_secs }
+            }
+        }
     }
 }
 
@@ -78,14 +91,31 @@ fn rate_limited(
     decision: Decision,
     wanted_tokens: u64,
 ) -> Result<RateSnapshot, ApiError> {
-    let (kind, retry_after, snapshot) = match decision {
-        Decision::Admitted(snapshot) => return Ok(snapshot),
+    match decision {
+        Decision::Admitted(snapshot) => Ok(snapshot),
         Decision::Refused {
             kind,
             retry_after,
             snapshot,
-        } => (kind, retry_after, snapshot),
-    };
+        } => Err(refusal(
+            state,
+            tenant,
+            kind,
+            retry_after,
+            snapshot,
+            wanted_tokens,
+        )),
+    }
+}
+
+fn refusal(
+    state: &AppState,
+    tenant: &Tenant,
+    kind: LimitKind,
+    retry_after: Option<std::time::Duration>,
+    snapshot: RateSnapshot,
+    wanted_tokens: u64,
+) -> ApiError {
     state
         .metrics
         .ratelimit_rejections
@@ -110,85 +140,128 @@ fn rate_limited(
             )
         }
     };
-    Err(ApiError::RateLimited {
+    ApiError::RateLimited {
         kind,
         retry_after,
         snapshot,
         message,
+    }
+}
+
+fn claim_of(tenant: &Tenant) -> Claim {
+    Claim {
+        tenant: tenant.id.clone(),
+        weight: tenant.weight,
+        priority: tenant.priority,
+    }
+}
+
+async fn admit(state: &AppState, tenant: &Tenant) -> Result<AdmissionPermit, ApiError> {
+    let waiting_since = Instant::now();
+    state.metrics.queue_depth.inc();
+    let admitted = state.admission.admit(&claim_of(tenant)).await;
+    state.metrics.queue_depth.dec();
+    state
+        .metrics
+        .queue_wait
+        .observe(waiting_since.elapsed().as_secs_f64());
+    admitted.map_err(|rejection| {
+        let reason = match rejection {
+            AdmissionError::QueueFull => "queue_full",
+            AdmissionError::QueueTimeout => "queue_timeout",
+        };
+        state
+            .metrics
+            .admission_rejections
+            .with_label_values(&[reason])
+            .inc();
+        ApiError::Overloaded {
+            retry_after_secs: state.admission.retry_after_secs(),
+        }
     })
 }
 
-/// Checks the tenant's access and limits, measures the prompt, admits and
-/// starts one generation, waiting for its first event so that an engine that
-/// refuses the request still yields a proper status.
+/// Checks, limits, measures, admits and starts one generation, waiting
+/// for its first event so that an engine that refuses the request still
+/// yields a proper status. `peer` is the client's connection (for
+/// streams, so a client that stops reading can be cut off).
 pub async fn start(
     state: &AppState,
     tenant: &Tenant,
     chat: ValidatedChat,
+    peer: Option<socket2::Socket>,
 ) -> Result<Generation, ApiError> {
     let engine = state.engine()?;
-    let routed = routing::route(state, &engine, tenant, &chat.model).await?;
-    let card = routed.card.clone();
-    let prompt_tokens = engine
-        .count_prompt_tokens(&card.id, &chat.messages)
-        .await
-        .map_err(engine_error)?;
-    let model = chat.model.clone();
-    let include_usage = chat.include_usage;
-    let request = chat.into_generation(&card, prompt_tokens, state.default_max_tokens)?;
-    let wanted_tokens = (prompt_tokens + request.max_tokens) as u64;
+    let resolved = routing::resolve(state, &engine, tenant, &chat.model)?;
+    let card = &resolved.card;
+    let size = chat.prompt_size(card)?;
+    let reserved = chat.wanted_tokens(card, size.min_tokens, state.default_max_tokens);
     let (decision, reservation) = state
         .limiter
-        .acquire(&tenant.id, &tenant.limits, wanted_tokens)
+        .acquire(&tenant.id, &tenant.limits, reserved)
         .await
         .map_err(|_| ApiError::LimiterUnavailable)?;
-    let rate = rate_limited(state, tenant, decision, wanted_tokens)?;
+    let mut rate = rate_limited(state, tenant, decision, reserved)?;
     let mut settlement = Settlement::new(
         reservation,
         state.meter.clone(),
         state.metrics.clone(),
         &tenant.id,
-        &routed.label,
-        prompt_tokens,
+        &resolved.label,
     );
-    let permit = {
-        let waiting_since = Instant::now();
-        state.metrics.queue_depth.inc();
-        let admitted = state.admission.admit().await;
-        state.metrics.queue_depth.dec();
-        state
-            .metrics
-            .queue_wait
-            .observe(waiting_since.elapsed().as_secs_f64());
-        admitted.map_err(|rejection| {
-            let reason = match rejection {
-                AdmissionError::QueueFull => "queue_full",
-                AdmissionError::QueueTimeout => "queue_timeout",
-            };
-            state
-                .metrics
-                .admission_rejections
-                .with_label_values(&[reason])
-                .inc();
-            ApiError::Overloaded {
-                retry_after_secs: state.admission.retry_after_secs(),
+    let measuring = Instant::now();
+    let prompt = engine
+        .count_prompt_tokens(&card.id, &chat.messages)
+        .await
+        .map_err(ApiError::from)?;
+    let prompt_tokens = prompt.count;
+    state
+        .metrics
+        .prompt_tokenization
+        .observe(measuring.elapsed().as_secs_f64());
+    let wanted = chat.wanted_tokens(card, prompt_tokens, state.default_max_tokens);
+    let model = chat.model.clone();
+    let include_usage = chat.include_usage;
+    let logprobs = chat.wants_logprobs();
+    let mut request = chat.into_generation(card, prompt_tokens, state.default_max_tokens)?;
+    request.prompt_ids = prompt.ids;
+    request.claim = claim_of(tenant);
+    if let Some(reservation) = settlement.reservation() {
+        let extra = wanted.saturating_sub(reserved);
+        match reservation
+            .top_up(extra, wanted)
+            .await
+            .map_err(|_| ApiError::LimiterUnavailable)?
+        {
+            TopUp::Taken { tokens } => rate.tokens = tokens.or(rate.tokens),
+            TopUp::Refused {
+                retry_after,
+                tokens,
+            } => {
+                rate.tokens = tokens.or(rate.tokens);
+                let kind = LimitKind::Tokens;
+                return Err(refusal(state, tenant, kind, retry_after, rate, wanted));
             }
-        })?
-    };
-    let started = Instant::now();
-    let GenerationStream {
-        mut events,
-        progress,
-    } = engine.generate(request).await.map_err(engine_error)?;
-    settlement.generating(progress);
-    let mut outcome = Outcome::new(state.metrics.clone(), &tenant.id, &routed.label, started);
-    let first = events.next().await;
-    if let Some(event) = &first {
-        outcome.observe(event);
-        settlement.observe(event);
+        }
     }
+    let permit = admit(state, tenant).await?;
+    let routed = resolved.load(state, &engine).await?;
+    request.model = routed.engine_model;
+    let started = Instant::now();
+    let (events, progress) = generate_retrying_once(&engine, request).await?;
+    settlement.generating(prompt_tokens, progress);
+    let outcome = Outcome::new(state.metrics.clone(), &tenant.id, &resolved.label, started);
+    let engine_side = EngineSide {
+        events,
+        outcome,
+        settlement,
+        permit,
+        lease: routed.lease,
+    };
+    let mut events = delivery::start(engine_side, state.write_idle_timeout, peer);
+    let first = events.next().await;
     if let Some(Err(error)) = first {
-        return Err(engine_error(error));
+        return Err(error.into());
     }
     Ok(Generation {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -196,35 +269,71 @@ pub async fn start(
         model,
         include_usage,
         rate,
+        logprobs,
         first,
         events,
-        outcome,
-        settlement,
-        _permit: permit,
-        _adapter: routed.lease,
     })
+}
+
+/// Starts the generation and waits for its first event. An engine failure
+/// before anything was generated (mistral.rs restarts its engine thread
+/// after a panic, failing whatever it held) is retried once: the client has
+/// seen nothing yet. The first event is put back in front of the stream.
+async fn generate_retrying_once(
+    engine: &std::sync::Arc<dyn crate::engine::Engine>,
+    request: crate::engine::GenerationRequest,
+) -> Result<
+    (
+        crate::engine::EventStream,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ),
+    ApiError,
+> {
+    let mut retried = false;
+    loop {
+        let GenerationStream {
+            mut events,
+            progress,
+        } = engine.generate(request.clone()).await?;
+        let first = events.next().await;
+        let nothing_generated = progress.load(std::sync::atomic::Ordering::Relaxed) == 0;
+        if let Some(Err(EngineError::Internal(cause))) = &first
+            && nothing_generated
+            && !retried
+        {
+            tracing::warn!(error = %cause, "the engine failed before generating anything; retrying once");
+            retried = true;
+            continue;
+        }
+        let events = futures_util::stream::iter(first).chain(events).boxed();
+        return Ok((events, progress));
+    }
 }
 
 impl Generation {
     /// The next engine event, or `None` once the stream is exhausted.
     pub async fn next_event(&mut self) -> Option<Result<GenerationEvent, EngineError>> {
-        let event = match self.first.take() {
+        match self.first.take() {
             Some(first) => Some(first),
             None => self.events.next().await,
-        };
-        if let Some(event) = &event {
-            self.outcome.observe(event);
-            self.settlement.observe(event);
         }
-        event
     }
 
     /// Runs the generation to its end and builds the JSON answer.
     pub async fn collect(mut self) -> Result<ChatCompletion, ApiError> {
         let mut content = String::new();
+        let mut logprobs = ChoiceLogprobs::default();
         loop {
             match self.next_event().await {
-                Some(Ok(GenerationEvent::Delta { text })) => content.push_str(&text),
+                Some(Ok(GenerationEvent::Delta {
+                    text,
+                    logprobs: entries,
+                })) => {
+                    content.push_str(&text);
+                    logprobs
+                        .content
+                        .extend(entries.iter().map(TokenLogprobEntry::from));
+                }
                 Some(Ok(GenerationEvent::Finished { reason, usage })) => {
                     return Ok(ChatCompletion {
                         id: self.id.clone(),
@@ -239,19 +348,32 @@ impl Generation {
                                 content: Some(content),
                                 refusal: None,
                             },
-                            logprobs: None,
+                            logprobs: self.logprobs.then_some(logprobs),
                             finish_reason: reason.as_str().to_string(),
                         }],
                         usage: usage_of(usage),
                     });
                 }
-                Some(Err(error)) => return Err(engine_error(error)),
+                Some(Err(error)) => return Err(error.into()),
                 None => return Err(ApiError::engine("engine stream ended without finishing")),
             }
         }
     }
 
-    pub fn chunk(&self, delta: ChunkDelta, finish: Option<FinishReason>) -> ChatCompletionChunk {
+    /// A chunk's `logprobs`: present (possibly empty) when they were asked for.
+    pub fn chunk_logprobs(&self, entries: &[TokenLogprob]) -> Option<ChoiceLogprobs> {
+        self.logprobs.then(|| ChoiceLogprobs {
+            content: entries.iter().map(TokenLogprobEntry::from).collect(),
+            refusal: None,
+        })
+    }
+
+    pub fn chunk(
+        &self,
+        delta: ChunkDelta,
+        logprobs: Option<ChoiceLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
@@ -261,7 +383,7 @@ impl Generation {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: finish.map(|reason| reason.as_str().to_string()),
             }],
             usage: if self.include_usage {

@@ -31,6 +31,15 @@ impl PeerSocket {
         request.conn_data::<PeerSocket>().copied()
     }
 
+    /// An owned handle on the same socket (its own descriptor), so it can be
+    /// shut down from another task without racing the server's close.
+    pub fn duplicate(self) -> Option<socket2::Socket> {
+        // SAFETY: as in `peer_closed`: the descriptor is open while the
+        // request's handler runs, which is when this is called.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.0) };
+        socket.try_clone_to_owned().ok().map(socket2::Socket::from)
+    }
+
     fn peer_closed(self) -> bool {
         // SAFETY: the descriptor belongs to the connection that is running this
         // request; actix closes it only after dropping the request's handler,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_adapters;
 pub mod chat;
 pub mod completion;
+pub mod delivery;
 pub mod disconnect;
 pub mod extract;
 pub mod health;

@@ -77,50 +77,70 @@ pub fn adapter_record(
     }
 }
 
-/// A request's model, ready to generate with: the engine's card for it and,
-/// for an adapter, the lease that keeps it loaded until the request ends.
-pub struct Routed {
+/// A request's model, resolved without loading anything: what the request
+/// can be checked, limited and admitted against.
+pub struct Resolved {
+    /// The base model's card: an adapter shares its context and vocabulary.
     pub card: ModelCard,
-    pub lease: Option<AdapterLease>,
+    pub adapter: Option<AdapterRecord>,
     /// Bounded metric label: the base name or the adapter's name.
     pub label: String,
 }
 
-pub async fn route(
+pub fn resolve(
     state: &AppState,
     engine: &Arc<dyn Engine>,
     tenant: &Tenant,
     requested: &str,
-) -> Result<Routed, ApiError> {
-    let base = || {
-        engine
-            .model(&state.base_model)
-            .ok_or_else(|| ApiError::ModelNotFound(requested.to_string()))
+) -> Result<Resolved, ApiError> {
+    let adapter = adapter_record(state, tenant, requested)?;
+    let card = engine
+        .model(&state.base_model)
+        .ok_or_else(|| ApiError::ModelNotFound(requested.to_string()))?;
+    let label = match &adapter {
+        None => state.base_model.clone(),
+        Some(record) if record.tenant == tenant.id => record.name.clone(),
+        Some(record) => format!("{}/{}", record.tenant, record.name),
     };
-    match adapter_record(state, tenant, requested)? {
-        None => Ok(Routed {
-            card: base()?,
-            lease: None,
-            label: state.base_model.clone(),
-        }),
-        Some(record) => {
-            let lease = state.residency.acquire(engine.clone(), &record).await?;
-            let card = engine.model(&lease.engine_id).ok_or_else(|| {
-                ApiError::engine(format!(
-                    "adapter {} vanished after loading",
-                    lease.engine_id
-                ))
-            })?;
-            Ok(Routed {
-                card,
-                lease: Some(lease),
-                label: if record.tenant == tenant.id {
-                    record.name
-                } else {
-                    format!("{}/{}", record.tenant, record.name)
-                },
-            })
+    Ok(Resolved {
+        card,
+        adapter,
+        label,
+    })
+}
+
+/// A resolved model made ready to generate with: the engine's model id and,
+/// for an adapter, the lease that keeps it loaded until the request ends.
+pub struct Routed {
+    pub engine_model: String,
+    pub lease: Option<AdapterLease>,
+}
+
+impl Resolved {
+    /// Loads the adapter if needed. Only admitted requests get here: a
+    /// refused request must never load (and evict) anything.
+    pub async fn load(
+        &self,
+        state: &AppState,
+        engine: &Arc<dyn Engine>,
+    ) -> Result<Routed, ApiError> {
+        let Some(record) = &self.adapter else {
+            return Ok(Routed {
+                engine_model: self.card.id.clone(),
+                lease: None,
+            });
+        };
+        let lease = state.residency.acquire(engine.clone(), record).await?;
+        if engine.model(&lease.engine_id).is_none() {
+            return Err(ApiError::engine(format!(
+                "adapter {} vanished after loading",
+                lease.engine_id
+            )));
         }
+        Ok(Routed {
+            engine_model: lease.engine_id.clone(),
+            lease: Some(lease),
+        })
     }
 }
 

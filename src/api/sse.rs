@@ -7,9 +7,10 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use serde::Serialize;
 
-use crate::api::completion::{Generation, engine_error};
+use crate::api::completion::Generation;
 use crate::api::wire::ChunkDelta;
 use crate::engine::GenerationEvent;
+use crate::error::ApiError;
 
 fn frame<T: Serialize>(payload: &T) -> Bytes {
     match serde_json::to_string(payload) {
@@ -27,30 +28,30 @@ pub fn respond(mut generation: Generation) -> HttpResponse {
     let body = async_stream::stream! {
         yield Ok::<_, actix_web::Error>(frame(&generation.chunk(
             ChunkDelta { role: Some("assistant"), content: Some(String::new()) },
+            generation.chunk_logprobs(&[]),
             None,
         )));
         loop {
             match generation.next_event().await {
-                Some(Ok(GenerationEvent::Delta { text })) => {
-                    if !text.is_empty() {
-                        yield Ok(frame(&generation.chunk(ChunkDelta { role: None, content: Some(text) }, None)));
+                Some(Ok(GenerationEvent::Delta { text, logprobs })) => {
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        let logprobs = generation.chunk_logprobs(&logprobs);
+                        yield Ok(frame(&generation.chunk(ChunkDelta { role: None, content: Some(text) }, logprobs, None)));
                     }
                 }
                 Some(Ok(GenerationEvent::Finished { reason, usage })) => {
-                    yield Ok(frame(&generation.chunk(ChunkDelta::default(), Some(reason))));
+                    yield Ok(frame(&generation.chunk(ChunkDelta::default(), None, Some(reason))));
                     if generation.include_usage {
                         yield Ok(frame(&generation.usage_chunk(usage)));
                     }
                     break;
                 }
                 Some(Err(error)) => {
-                    yield Ok(frame(&engine_error(error).body()));
+                    yield Ok(frame(&ApiError::from(error).body()));
                     break;
                 }
                 None => {
-                    yield Ok(frame(&engine_error(crate::engine::EngineError::Internal(
-                        "engine stream ended without finishing".into(),
-                    )).body()));
+                    yield Ok(frame(&ApiError::engine("engine stream ended without finishing").body()));
                     break;
                 }
             }

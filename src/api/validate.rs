@@ -12,9 +12,15 @@ use crate::engine::{
     GenerationRequest, ModelCard, OutputConstraint, PromptMessage, Role, Sampling,
 };
 use crate::error::ApiError;
+use crate::prompt::PromptSize;
 
 /// OpenAI accepts at most four stop sequences.
 pub const MAX_STOP_SEQUENCES: usize = 4;
+
+/// Longest stop sequence, in bytes. Every generated token is checked against
+/// every stop sequence (by the gateway, and by engines that also check), so
+/// their length is work per token; real stop sequences are a few words.
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// A chat request whose fields are all within bounds; the prompt's length is
 /// not known yet.
@@ -103,6 +109,15 @@ fn stop_sequences(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> 
             "Stop sequences must not be empty strings.",
         ));
     }
+    if let Some(long) = stops.iter().find(|stop| stop.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "Stop sequences may be at most {MAX_STOP_BYTES} bytes long; one is {} bytes.",
+                long.len()
+            ),
+        ));
+    }
     Ok(stops)
 }
 
@@ -170,16 +185,23 @@ impl ValidatedChat {
                 ));
             }
         }
-        if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n != 0) {
-            return Err(ApiError::invalid(
-                if request.logprobs == Some(true) {
-                    "logprobs"
-                } else {
-                    "top_logprobs"
-                },
-                "Log probabilities are not supported: the mistral.rs 0.8.1 engine reports wrong values under greedy decoding.",
-            ));
-        }
+        let logprobs = request.logprobs.unwrap_or(false);
+        let top_logprobs = match request.top_logprobs {
+            None => 0,
+            Some(n) if !(0..=20).contains(&n) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("{n} is not a valid `top_logprobs`: it must be between 0 and 20."),
+                ));
+            }
+            Some(n) if n > 0 && !logprobs => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs` set to true.",
+                ));
+            }
+            Some(n) => n as usize,
+        };
         let max_tokens = positive("max_tokens", request.max_tokens)?;
         let max_completion_tokens =
             positive("max_completion_tokens", request.max_completion_tokens)?;
@@ -208,10 +230,58 @@ impl ValidatedChat {
                 frequency_penalty: frequency_penalty.map(|v| v as f32),
                 seed: request.seed.map(|s| s as u64),
                 logit_bias: logit_bias(request.logit_bias)?,
+                logprobs,
+                top_logprobs,
             },
             stop: stop_sequences(request.stop)?,
             constraint: output_constraint(request.response_format)?,
         })
+    }
+
+    /// Bytes of message text: with the model's longest token, a lower
+    /// bound on the prompt's length in tokens before anything tokenizes it.
+    pub fn prompt_size(&self, card: &ModelCard) -> Result<PromptSize, ApiError> {
+        let bytes = self.messages.iter().map(|m| m.content.len()).sum();
+        let size = PromptSize::of(bytes, card.max_token_bytes);
+        if size.min_tokens >= card.context_length {
+            return Err(ApiError::PromptTooLong {
+                limit: card.context_length,
+                bytes,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Tokens the request takes from its tenant's budget: the prompt plus
+    /// the completion budget (the rest of the context when none was set).
+    /// Growing with `prompt_tokens`, so a lower bound on the prompt gives a
+    /// lower bound on the reservation.
+    pub fn wanted_tokens(
+        &self,
+        card: &ModelCard,
+        prompt_tokens: usize,
+        default_max_tokens: Option<usize>,
+    ) -> u64 {
+        let completion = self.completion_budget(card, prompt_tokens, default_max_tokens);
+        (prompt_tokens + completion) as u64
+    }
+
+    fn completion_budget(
+        &self,
+        card: &ModelCard,
+        prompt_tokens: usize,
+        default_max_tokens: Option<usize>,
+    ) -> usize {
+        let room = card.context_length.saturating_sub(prompt_tokens);
+        match self.requested_max_tokens {
+            Some(requested) => requested,
+            None => default_max_tokens.map_or(room, |default| default.min(room)),
+        }
+    }
+
+    /// Whether the answer carries log probabilities.
+    pub fn wants_logprobs(&self) -> bool {
+        self.sampling.logprobs
     }
 
     /// Fixes the completion budget once the prompt's length is known, and
@@ -236,11 +306,13 @@ impl ValidatedChat {
                 ),
             ));
         }
-        let room = card.context_length.saturating_sub(prompt_tokens);
-        let max_tokens = match self.requested_max_tokens {
-            Some(requested) => requested,
-            None => default_max_tokens.map_or(room, |default| default.min(room)),
-        };
+        if self.sampling.logprobs && !card.logprobs {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "Log probabilities are not available for this model: its engine (mistral.rs 0.8.1, or a remote replica) does not report honest values.",
+            ));
+        }
+        let max_tokens = self.completion_budget(card, prompt_tokens, default_max_tokens);
         if max_tokens == 0 || prompt_tokens + max_tokens > card.context_length {
             return Err(ApiError::ContextLengthExceeded {
                 limit: card.context_length,
@@ -259,6 +331,8 @@ impl ValidatedChat {
             constraint: self.constraint,
             max_tokens_chosen: self.requested_max_tokens.is_some() || default_max_tokens.is_some(),
             stream: self.stream,
+            prompt_ids: None,
+            claim: Default::default(),
         })
     }
 }

@@ -45,10 +45,11 @@ pub struct ChatCompletionRequest {
     pub n: Option<i64>,
     /// Token id (as a string) to a bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
-    /// Not supported by this engine: must be absent or false.
-    #[schema(schema_with = false_only_schema)]
+    /// Return each generated token's log probability (natural log, of the
+    /// distribution the token was drawn from).
     pub logprobs: Option<bool>,
-    #[schema(minimum = 0, maximum = 0)]
+    /// Also the most likely alternatives at each position (needs `logprobs`).
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     pub response_format: Option<ResponseFormat>,
     pub user: Option<String>,
@@ -74,16 +75,6 @@ fn stop_schema() -> utoipa::openapi::schema::Schema {
         )
         .build()
         .into()
-}
-
-/// A boolean that may only be `false`: accepted for compatibility, while
-/// `true` asks for something this engine cannot give.
-fn false_only_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
-        .enum_values(Some([serde_json::json!(false), serde_json::Value::Null]))
-        .build()
 }
 
 /// Tool messages are not accepted: this gateway does not do tool calling.
@@ -200,12 +191,55 @@ pub struct ChatCompletion {
     pub usage: Usage,
 }
 
+/// OpenAI's `logprobs` of a choice: one entry per generated token.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprobEntry>,
+    /// Always null: refusals are not generated separately.
+    pub refusal: Option<Vec<TokenLogprobEntry>>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenLogprobEntry {
+    pub token: String,
+    /// Natural log; -9999.0 for a token the sampler could not have chosen.
+    pub logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl From<&crate::engine::TokenLogprob> for TokenLogprobEntry {
+    fn from(entry: &crate::engine::TokenLogprob) -> Self {
+        TokenLogprobEntry {
+            token: entry.token.clone(),
+            logprob: entry.logprob,
+            bytes: entry.bytes.clone(),
+            top_logprobs: entry
+                .top
+                .iter()
+                .map(|(token, bytes, logprob)| TopLogprob {
+                    token: token.clone(),
+                    logprob: *logprob,
+                    bytes: bytes.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChoiceLogprobs>,
     /// `stop` or `length`.
     pub finish_reason: String,
 }
@@ -271,8 +305,7 @@ impl Serialize for UsageField {
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: ChunkDelta,
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: Option<String>,
 }
 

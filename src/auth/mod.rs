@@ -30,6 +30,10 @@ pub struct Tenant {
     pub models: ModelAccess,
     pub limits: Limits,
     pub default_adapter: Option<String>,
+    /// Share of contended engine slots (fair admission).
+    pub weight: u32,
+    /// Served before lower classes when slots are contended.
+    pub priority: u8,
 }
 
 /// Whoever presented valid credentials.
@@ -94,6 +98,8 @@ impl Authenticator {
                     models: t.models.clone(),
                     limits: t.limits,
                     default_adapter: t.default_adapter.clone(),
+                    weight: t.weight,
+                    priority: t.priority,
                 };
                 (t.id.clone(), Arc::new(tenant))
             })
@@ -123,6 +129,8 @@ impl Authenticator {
                 models: ModelAccess::All,
                 limits: Limits::default(),
                 default_adapter: None,
+                weight: 1,
+                priority: 0,
             }),
         })
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raw::RawConfig;
-pub use raw::{DeviceKind, LogFormat, ModelDtype, ModelFormat};
+pub use raw::{DeviceKind, EngineKind, LogFormat, ModelDtype, ModelFormat};
 pub use tenancy::{
     AuthConfig, JwtAlgorithm, JwtConfig, KeyHash, Limits, ModelAccess, RedisConfig,
     RedisFailurePolicy, TenantConfig, valid_tenant_id,
@@ -88,6 +88,7 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub max_body_bytes: usize,
     pub workers: usize,
+    pub write_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +99,10 @@ pub struct ModelConfig {
     pub format: ModelFormat,
     pub dtype: ModelDtype,
     pub device: DeviceKind,
+    /// Resolved: never `Auto`.
+    pub engine: EngineKind,
+    pub kv_cache_bytes: Option<usize>,
+    pub max_step_tokens: usize,
     pub context_length: Option<usize>,
     pub max_num_seqs: usize,
     pub prefix_cache_entries: usize,
@@ -118,6 +123,7 @@ pub struct AdmissionConfig {
     pub max_in_flight: usize,
     pub max_queued: usize,
     pub queue_timeout: Duration,
+    pub policy: crate::engine::admission::Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +190,12 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         .bind
         .parse()
         .map_err(|e| ConfigError::key("server.bind", format!("`{}`: {e}", raw.server.bind)))?;
+    if raw.server.write_idle_timeout_ms == 0 {
+        return Err(ConfigError::key(
+            "server.write_idle_timeout_ms",
+            "must be positive",
+        ));
+    }
     if raw.server.max_body_bytes < 1024 {
         return Err(ConfigError::key(
             "server.max_body_bytes",
@@ -291,6 +303,41 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             context_tokens: paged.context_tokens,
         }),
     };
+    let engine = match (model.engine, model.format) {
+        (EngineKind::Auto, ModelFormat::Safetensors) => EngineKind::SharedBase,
+        (EngineKind::Auto, ModelFormat::Gguf) => EngineKind::Mistralrs,
+        (EngineKind::SharedBase, ModelFormat::Gguf) => {
+            return Err(ConfigError::key(
+                "model.engine",
+                "the shared-base engine serves safetensors folders; GGUF files need engine = \"mistralrs\"",
+            ));
+        }
+        (chosen, _) => chosen,
+    };
+    if engine == EngineKind::SharedBase && model.device == DeviceKind::Cuda {
+        return Err(ConfigError::key(
+            "model.device",
+            "the shared-base engine runs on CPU in this build; use engine = \"mistralrs\" for CUDA",
+        ));
+    }
+    if engine == EngineKind::SharedBase
+        && model.dtype != ModelDtype::F32
+        && model.dtype != ModelDtype::Auto
+    {
+        return Err(ConfigError::key(
+            "model.dtype",
+            "the shared-base engine computes in f32 on CPU (f16/bf16 weights are converted at load); set f32 or auto",
+        ));
+    }
+    if model.max_step_tokens == 0 {
+        return Err(ConfigError::key(
+            "model.max_step_tokens",
+            "must be positive",
+        ));
+    }
+    if model.kv_cache_mib == Some(0) {
+        return Err(ConfigError::key("model.kv_cache_mib", "must be positive"));
+    }
     if model.default_max_tokens == Some(0) {
         return Err(ConfigError::key(
             "model.default_max_tokens",
@@ -347,6 +394,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             bind,
             max_body_bytes: raw.server.max_body_bytes,
             workers: raw.server.workers,
+            write_idle_timeout: Duration::from_millis(raw.server.write_idle_timeout_ms),
         },
         model: ModelConfig {
             served_name: model.served_name,
@@ -354,6 +402,9 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             format: model.format,
             dtype: model.dtype,
             device: model.device,
+            engine,
+            kv_cache_bytes: model.kv_cache_mib.map(|mib| mib << 20),
+            max_step_tokens: model.max_step_tokens,
             context_length: model.context_length,
             max_num_seqs: model.max_num_seqs,
             prefix_cache_entries: model.prefix_cache_entries,
@@ -365,6 +416,10 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             max_in_flight: admission.max_in_flight,
             max_queued: admission.max_queued,
             queue_timeout: Duration::from_millis(admission.queue_timeout_ms),
+            policy: match admission.policy {
+                raw::AdmissionPolicy::Fair => crate::engine::admission::Policy::Fair,
+                raw::AdmissionPolicy::Fifo => crate::engine::admission::Policy::Fifo,
+            },
         },
         logging: LoggingConfig {
             level: raw.logging.level,

@@ -91,6 +91,10 @@ pub struct RawServer {
     /// 0 lets actix choose one worker per core.
     #[serde(default)]
     pub workers: usize,
+    /// A streaming client that takes nothing for this long while output
+    /// waits for it is cut off (its generation cancelled and charged).
+    #[serde(default = "default_write_idle_timeout_ms")]
+    pub write_idle_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -99,8 +103,13 @@ impl Default for RawServer {
             bind: default_bind(),
             max_body_bytes: default_max_body_bytes(),
             workers: 0,
+            write_idle_timeout_ms: default_write_idle_timeout_ms(),
         }
     }
+}
+
+fn default_write_idle_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_bind() -> String {
@@ -132,6 +141,20 @@ pub enum ModelDtype {
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// The shared-base engine for safetensors Llama-family models, mistral.rs
+    /// for GGUF files.
+    #[default]
+    Auto,
+    /// One base, adapters applied per request (safetensors only).
+    SharedBase,
+    /// mistral.rs 0.8.1 (GGUF, other architectures; adapters merged into
+    /// a copy of the base each).
+    Mistralrs,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     #[default]
@@ -154,6 +177,16 @@ pub struct RawModel {
     pub dtype: ModelDtype,
     #[serde(default)]
     pub device: DeviceKind,
+    /// Which in-process engine serves the model.
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// Shared-base engine: KV-cache memory for all sequences together, in
+    /// MiB; defaults to `max_num_seqs` full contexts.
+    pub kv_cache_mib: Option<usize>,
+    /// Shared-base engine: tokens in one step at most (prompts are split into
+    /// chunks of what is left after the decoding sequences' one token each).
+    #[serde(default = "default_max_step_tokens")]
+    pub max_step_tokens: usize,
     /// Caps the context below what the model supports; defaults to the model's.
     pub context_length: Option<usize>,
     /// Sequences the engine batches together in one step.
@@ -196,12 +229,16 @@ fn default_context_tokens() -> usize {
     32768
 }
 
+fn default_max_step_tokens() -> usize {
+    256
+}
+
 fn default_max_num_seqs() -> usize {
     16
 }
 
 fn default_prefix_cache() -> usize {
-    16
+    0
 }
 
 fn default_owned_by() -> String {
@@ -220,6 +257,17 @@ pub struct RawAdmission {
     /// How long a request may wait for a slot before it is refused.
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
+    /// Who gets a contended slot: `fair` (by tenant weight) or `fifo`.
+    #[serde(default)]
+    pub policy: AdmissionPolicy,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionPolicy {
+    #[default]
+    Fair,
+    Fifo,
 }
 
 impl Default for RawAdmission {
@@ -228,6 +276,7 @@ impl Default for RawAdmission {
             max_in_flight: default_max_in_flight(),
             max_queued: default_max_queued(),
             queue_timeout_ms: default_queue_timeout_ms(),
+            policy: AdmissionPolicy::Fair,
         }
     }
 }
@@ -385,6 +434,16 @@ pub struct RawTenant {
     pub limits: RawLimits,
     /// Adapter applied when the tenant asks for the base model by name.
     pub default_adapter: Option<String>,
+    /// Share of contended engine slots and queue places (fair admission).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// A higher class is admitted before any lower one when slots are contended.
+    #[serde(default)]
+    pub priority: u8,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_all_models() -> Vec<String> {

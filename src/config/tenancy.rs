@@ -93,6 +93,8 @@ pub struct TenantConfig {
     pub models: ModelAccess,
     pub limits: Limits,
     pub default_adapter: Option<String>,
+    pub weight: u32,
+    pub priority: u8,
 }
 
 /// Tenant ids appear in Redis keys, metric labels and URLs.
@@ -283,6 +285,16 @@ pub(super) fn tenants(
             models,
             limits: limits(index, tenant.limits)?,
             default_adapter: tenant.default_adapter,
+            weight: match tenant.weight {
+                0 => {
+                    return Err(ConfigError::key(
+                        &format!("tenants[{index}].weight"),
+                        "must be at least 1",
+                    ));
+                }
+                weight => weight,
+            },
+            priority: tenant.priority,
         });
     }
     Ok(tenants)

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use either::Either;
 use indexmap::IndexMap;
-use mistralrs::core::{RequestMessage, TokenizationRequest};
+use mistralrs::core::RequestMessage;
 use mistralrs::{
     Constraint, CustomLogitsProcessor, GgufModelBuilder, MemoryGpuConfig, Model, ModelDType,
     MultiModelBuilder, NormalRequest, PagedAttentionConfig, PagedAttentionMetaBuilder, Request,
@@ -27,13 +27,18 @@ use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, re
 use super::stop::{Scan, StopScanner};
 use super::{
     AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
-    GenerationStream, ModelCard, OutputConstraint, PromptMessage, TokenUsage,
+    GenerationStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
+use crate::prompt::chat::{ChatPrompt, PromptError};
 
 pub struct MistralEngine {
     model: Arc<Model>,
     card: ModelCard,
+    /// The chat template and tokenizer, applied by the gateway so prompts are
+    /// measured off the engine's loop (mistral.rs serves tokenize requests
+    /// inline, between generation steps).
+    prompt: Arc<ChatPrompt>,
     /// The base's files when adapters can be loaded over it (safetensors bases).
     base: Option<BaseFiles>,
     /// Loaded adapter models, by engine model id.
@@ -71,6 +76,8 @@ impl MistralEngine {
             ),
         };
         let vocab_size = probe_vocab_size(&model, &served).await?;
+        let prompt = load_prompt(config)?;
+        let max_token_bytes = prompt.max_token_bytes();
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -81,6 +88,7 @@ impl MistralEngine {
         };
         Ok(MistralEngine {
             model: Arc::new(model),
+            prompt: Arc::new(prompt),
             base,
             adapters: parking_lot::RwLock::new(HashMap::new()),
             card: ModelCard {
@@ -89,6 +97,9 @@ impl MistralEngine {
                 owned_by: config.owned_by.clone(),
                 context_length,
                 vocab_size,
+                max_token_bytes,
+                // 0.8.1 reports base-10 logs of raw logits under greedy decoding.
+                logprobs: false,
             },
             sampled_tokens,
         })
@@ -160,6 +171,24 @@ async fn probe_vocab_size(model: &Model, served: &str) -> anyhow::Result<usize> 
     match width.load(Ordering::Relaxed) {
         0 => anyhow::bail!("could not determine the model's vocabulary size"),
         vocab => Ok(vocab as usize),
+    }
+}
+
+/// The model's chat template and tokenizer as the gateway reads them
+/// (mistral.rs keeps its own private): from the folder, or rebuilt from the
+/// GGUF's metadata.
+fn load_prompt(config: &ModelConfig) -> anyhow::Result<ChatPrompt> {
+    match config.format {
+        ModelFormat::Safetensors => ChatPrompt::from_model_dir(&config.path),
+        ModelFormat::Gguf => {
+            use crate::prompt::gguf;
+            let content = gguf::read_content(&config.path)?;
+            let tokenizer = gguf::tokenizer(&content)?;
+            let (template, bos, eos) = gguf::chat_template(&content)?;
+            let template =
+                crate::prompt::template::ChatTemplate::from_parts(&template, &bos, &eos)?;
+            Ok(ChatPrompt::new(template, tokenizer))
+        }
     }
 }
 
@@ -305,39 +334,18 @@ impl Engine for MistralEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
-    ) -> Result<usize, EngineError> {
+    ) -> Result<PromptTokens, EngineError> {
         self.check_model(model)?;
-        let sender = self
-            .model
-            .inner()
-            .get_sender(Some(model))
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel(1);
-        let request = Request::Tokenize(TokenizationRequest {
-            text: Either::Left(chat_messages(messages)),
-            tools: None,
-            add_generation_prompt: true,
-            add_special_tokens: true,
-            enable_thinking: None,
-            reasoning_effort: None,
-            response: tx,
-        });
-        // The engine thread panics if a tokenize reply finds its receiver gone,
-        // so the exchange runs on its own task that a client disconnect cannot cancel.
-        let exchange = tokio::spawn(async move {
-            sender
-                .send(request)
-                .await
-                .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
-            rx.recv()
-                .await
-                .ok_or_else(|| EngineError::Unavailable("engine stopped".into()))?
-                .map_err(|e| EngineError::Rejected(e.to_string()))
-        });
-        let tokens = exchange
+        let (prompt, messages) = (self.prompt.clone(), messages.to_vec());
+        let ids = crate::prompt::run_blocking(move || prompt.tokenize(&messages))
             .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
-        Ok(tokens.len())
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|error| match error {
+                PromptError::Template(message) => EngineError::Rejected(message),
+                other => EngineError::Internal(other.to_string()),
+            })?;
+        // mistral.rs renders and tokenizes again itself: only the count is kept.
+        Ok(PromptTokens::counted(ids.len()))
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
@@ -464,10 +472,12 @@ struct TokenBudget {
 }
 
 impl TokenBudget {
+    /// Never more than the budget: 0.8.1 can run its sampler (and this
+    /// count) once more after the last token it sends.
     fn usage(&self) -> TokenUsage {
         TokenUsage {
             prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.sampled.load(Ordering::Relaxed) as usize,
+            completion_tokens: (self.sampled.load(Ordering::Relaxed) as usize).min(self.max_tokens),
         }
     }
 
@@ -512,7 +522,7 @@ fn events(
                 None => {
                     let tail = stops.finish();
                     if !tail.is_empty() {
-                        yield Ok(GenerationEvent::Delta { text: tail });
+                        yield Ok(GenerationEvent::Delta { text: tail, logprobs: Vec::new() });
                     }
                     yield Ok(GenerationEvent::Finished { reason: budget.silent_end_reason(), usage: budget.usage() });
                     return;
@@ -520,7 +530,7 @@ fn events(
             };
             let engine_usage = chunk.usage.as_ref().map(|u| TokenUsage {
                 prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
+                completion_tokens: u.completion_tokens.min(budget.max_tokens),
             });
             for choice in chunk.choices {
                 let raw = choice.logprobs.as_ref().and_then(|l| l.bytes.as_deref());
@@ -530,7 +540,7 @@ fn events(
                     Scan::Stopped(text) => (text, true),
                 };
                 if !text.is_empty() {
-                    yield Ok(GenerationEvent::Delta { text });
+                    yield Ok(GenerationEvent::Delta { text, logprobs: Vec::new() });
                 }
                 let reason = if stopped {
                     Some(FinishReason::Stop)
@@ -540,7 +550,7 @@ fn events(
                 if let Some(reason) = reason {
                     let tail = stops.finish();
                     if !stopped && !tail.is_empty() {
-                        yield Ok(GenerationEvent::Delta { text: tail });
+                        yield Ok(GenerationEvent::Delta { text: tail, logprobs: Vec::new() });
                     }
                     // Cutting at a stop sequence drops the receiver, which cancels
                     // the sequence before the engine reports usage.

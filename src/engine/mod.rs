@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod mistral;
 mod mistral_lora;
+pub mod shared_base;
 mod stop;
 pub mod upstream;
 
@@ -60,6 +61,10 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub logit_bias: HashMap<u32, f32>,
+    /// Report the chosen token's log probability.
+    pub logprobs: bool,
+    /// And this many alternatives (0..=20).
+    pub top_logprobs: usize,
 }
 
 /// A request that passed validation: bounds checked, model resolved, token
@@ -80,6 +85,34 @@ pub struct GenerationRequest {
     /// The client reads the answer as a stream (a remote engine is asked
     /// for the same, so nothing is buffered on the way).
     pub stream: bool,
+    /// The prompt's token ids when the engine measured it itself (so it is
+    /// not tokenized twice).
+    pub prompt_ids: Option<Arc<Vec<u32>>>,
+    /// Whose request this is, for an engine that queues work itself.
+    pub claim: admission::Claim,
+}
+
+/// A measured prompt: its length, and its ids when the engine has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTokens {
+    pub count: usize,
+    pub ids: Option<Arc<Vec<u32>>>,
+}
+
+impl PromptTokens {
+    pub fn counted(count: usize) -> PromptTokens {
+        PromptTokens { count, ids: None }
+    }
+}
+
+/// One generated token's log probability, as OpenAI reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely alternatives: (token, bytes, logprob), best first.
+    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +138,12 @@ pub struct TokenUsage {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEvent {
-    /// New text.
-    Delta { text: String },
+    /// New text, and the log probabilities of the tokens behind it when
+    /// they were asked for.
+    Delta {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The last event of a successful generation.
     Finished {
         reason: FinishReason,
@@ -154,6 +191,12 @@ pub struct ModelCard {
     pub context_length: usize,
     /// Valid token ids are `0..vocab_size` (for `logit_bias`).
     pub vocab_size: usize,
+    /// The most input bytes one token can cover: a prompt longer than
+    /// `context_length * max_token_bytes` cannot fit, whatever it says.
+    pub max_token_bytes: usize,
+    /// The engine reports honest log probabilities (and reproduces seeded
+    /// sampling): requests for `logprobs` are refused otherwise.
+    pub logprobs: bool,
 }
 
 /// A validated LoRA adapter on disk, ready to load over the base model.
@@ -179,7 +222,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         model: &str,
         messages: &[PromptMessage],
-    ) -> Result<usize, EngineError>;
+    ) -> Result<PromptTokens, EngineError>;
 
     /// Starts generating. Dropping the returned stream cancels the generation.
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError>;

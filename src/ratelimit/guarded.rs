@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::redis::RedisHandle;
-use super::{Decision, LimiterError, LocalLimiter, RateLimiter, RateSnapshot, RedisLimiter};
+use super::{Decision, LimiterError, LocalLimiter, RateLimiter, RateSnapshot, RedisLimiter, TopUp};
 use crate::config::{Limits, RedisConfig, RedisFailurePolicy};
 use crate::metrics::Metrics;
 
@@ -165,6 +165,39 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Reserves `extra` more tokens, bringing the request's total to `total`
+    /// (admission reserved a lower bound before the prompt was tokenized).
+    /// A refusal takes nothing; the reservation still settles on drop.
+    pub async fn top_up(&mut self, extra: u64, total: u64) -> Result<TopUp, LimiterError> {
+        if extra == 0 || self.limits.tokens_per_minute.is_none() {
+            return Ok(TopUp::Taken { tokens: None });
+        }
+        let limiter = &self.limiter;
+        let answer = match (self.backend, &limiter.redis) {
+            (Backend::Redis, Some(redis)) => {
+                match redis.top_up(&self.tenant, &self.limits, extra, total).await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        limiter.redis_failed("top_up", &error);
+                        if limiter.policy == RedisFailurePolicy::FailClosed {
+                            return Err(error);
+                        }
+                        // Admitted in Redis: the local buckets know nothing
+                        // of this request, so fail-open lets it through.
+                        TopUp::Taken { tokens: None }
+                    }
+                }
+            }
+            _ => limiter
+                .local
+                .top_up_now(&self.tenant, &self.limits, extra, total),
+        };
+        if let TopUp::Taken { .. } = answer {
+            self.reserved_tokens += extra;
+        }
+        Ok(answer)
+    }
+
     /// Settles to the tokens really used, in the background: called from
     /// drop paths, where nothing can be awaited.
     pub fn finish(mut self, used_tokens: u64) {

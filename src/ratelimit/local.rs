@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Decision, LimitKind, LimiterError, RateLimiter, RateSnapshot, Window};
+use super::{Decision, LimitKind, LimiterError, RateLimiter, RateSnapshot, TopUp, Window};
 use crate::config::Limits;
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +140,27 @@ impl LocalLimiter {
         })
     }
 
+    pub fn top_up_now(&self, tenant: &str, limits: &Limits, extra: u64, total: u64) -> TopUp {
+        let Some(capacity) = limits.tokens_per_minute else {
+            return TopUp::Taken { tokens: None };
+        };
+        let now = Instant::now();
+        let mut tenants = self.tenants.lock();
+        let state = tenants.entry(tenant.to_string()).or_default();
+        let level = level_of(state.tokens, Some(capacity), now);
+        if total > capacity || level < extra as f64 {
+            return TopUp::Refused {
+                retry_after: (total <= capacity).then(|| wait_for(extra as f64 - level, capacity)),
+                tokens: window(level, Some(capacity)),
+            };
+        }
+        let level = level - extra as f64;
+        state.tokens = Some(Bucket { level, at: now });
+        TopUp::Taken {
+            tokens: window(level, Some(capacity)),
+        }
+    }
+
     pub fn settle_now(&self, tenant: &str, limits: &Limits, lease: &str, adjust_tokens: i64) {
         let now = Instant::now();
         let mut tenants = self.tenants.lock();
@@ -179,6 +200,16 @@ impl RateLimiter for LocalLimiter {
     ) -> Result<(), LimiterError> {
         self.settle_now(tenant, limits, lease, adjust_tokens);
         Ok(())
+    }
+
+    async fn top_up(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        extra: u64,
+        total: u64,
+    ) -> Result<TopUp, LimiterError> {
+        Ok(self.top_up_now(tenant, limits, extra, total))
     }
 
     async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError> {

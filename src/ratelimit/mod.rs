@@ -120,6 +120,29 @@ pub trait RateLimiter: Send + Sync {
 
     /// Extends a lease that is still in use.
     async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError>;
+
+    /// Takes `extra` more tokens for an admitted request whose total need
+    /// is `total`; a refusal takes nothing.
+    async fn top_up(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        extra: u64,
+        total: u64,
+    ) -> Result<TopUp, LimiterError>;
+}
+
+/// The answer to a [`RateLimiter::top_up`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopUp {
+    Taken {
+        tokens: Option<Window>,
+    },
+    Refused {
+        /// `None`: the request can never fit (more tokens than a minute allows).
+        retry_after: Option<Duration>,
+        tokens: Option<Window>,
+    },
 }
 
 /// OpenAI writes durations like `6m0s`, `1.5s` or `20ms`.

@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use super::{Decision, LimitKind, LimiterError, RateLimiter, RateSnapshot, Window};
+use super::{Decision, LimitKind, LimiterError, RateLimiter, RateSnapshot, TopUp, Window};
 use crate::config::{Limits, RedisConfig};
 
 const ACQUIRE: &str = include_str!("limiter.lua");
 const SETTLE: &str = include_str!("settle.lua");
+const TOP_UP: &str = include_str!("topup.lua");
 
 /// A lazily (re)connected Redis handle with a deadline on every call, shared
 /// by the limiter and the usage meter. The connection manager reconnects by
@@ -66,6 +67,7 @@ pub struct RedisLimiter {
     redis: std::sync::Arc<RedisHandle>,
     acquire: redis::Script,
     settle: redis::Script,
+    top_up: redis::Script,
     lease_ttl: Duration,
 }
 
@@ -75,6 +77,7 @@ impl RedisLimiter {
             redis,
             acquire: redis::Script::new(ACQUIRE),
             settle: redis::Script::new(SETTLE),
+            top_up: redis::Script::new(TOP_UP),
             lease_ttl,
         }
     }
@@ -161,6 +164,37 @@ impl RateLimiter for RedisLimiter {
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await?;
         Ok(())
+    }
+
+    async fn top_up(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        extra: u64,
+        total: u64,
+    ) -> Result<TopUp, LimiterError> {
+        let Some(tpm) = limits.tokens_per_minute else {
+            return Ok(TopUp::Taken { tokens: None });
+        };
+        let mut invocation = self.top_up.prepare_invoke();
+        invocation
+            .key(self.key(tenant, "tok"))
+            .arg(tpm)
+            .arg(extra)
+            .arg(total);
+        let (refused, wait, left, reset): (String, i64, u64, i64) = self
+            .redis
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        let tokens = window(Some(tpm), left, reset);
+        Ok(if refused.is_empty() {
+            TopUp::Taken { tokens }
+        } else {
+            TopUp::Refused {
+                retry_after: (wait >= 0).then(|| Duration::from_millis(wait as u64)),
+                tokens,
+            }
+        })
     }
 
     async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError> {

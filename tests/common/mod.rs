@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -11,7 +12,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use loragate::config::Config;
-use loragate::engine::mistral::MistralEngine;
 
 pub const MODEL: &str = "tiny";
 
@@ -102,10 +102,10 @@ impl TestServer {
             runtime.block_on(async move {
                 let running = loragate::app::bind(&config).expect("bind");
                 let counter = running.metrics.sampled_tokens.with_label_values(&[MODEL]);
-                let engine = MistralEngine::load(&config.model, counter)
+                let engine = loragate::server::load_engine(&config.model, counter)
                     .await
                     .expect("tiny model loads");
-                running.state.install_engine(std::sync::Arc::new(engine));
+                running.state.install_engine(engine);
                 sender
                     .send((running.addresses[0], running.server.handle()))
                     .expect("report address");

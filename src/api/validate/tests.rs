@@ -27,6 +27,8 @@ fn card(context_length: usize) -> ModelCard {
         owned_by: "t".into(),
         context_length,
         vocab_size: 100,
+        max_token_bytes: 4,
+        logprobs: false,
     }
 }
 
@@ -55,7 +57,8 @@ fn out_of_range_parameters_are_named() {
         ("max_tokens", serde_json::json!(0)),
         ("max_completion_tokens", serde_json::json!(-5)),
         ("n", serde_json::json!(2)),
-        ("logprobs", serde_json::json!(true)),
+        ("top_logprobs", serde_json::json!(21)),
+        ("top_logprobs", serde_json::json!(2)),
         ("logit_bias", serde_json::json!({"abc": 1})),
         ("logit_bias", serde_json::json!({"5": 101})),
         ("stop", serde_json::json!(["a", "b", "c", "d", "e"])),
@@ -194,4 +197,26 @@ fn response_formats_map_to_constraints() {
         param_of(chat(bad)).as_deref(),
         Some("response_format.json_schema.schema")
     );
+}
+
+#[test]
+fn logprobs_are_refused_where_the_engine_cannot_give_them() {
+    let request = with("logprobs", serde_json::json!(true));
+    let error = chat(request)
+        .unwrap()
+        .into_generation(&card(100), 5, None)
+        .unwrap_err();
+    assert_eq!(error.body().error.param.as_deref(), Some("logprobs"));
+    let mut request = with("logprobs", serde_json::json!(true));
+    request["top_logprobs"] = serde_json::json!(3);
+    let honest = ModelCard {
+        logprobs: true,
+        ..card(100)
+    };
+    let generation = chat(request)
+        .unwrap()
+        .into_generation(&honest, 5, None)
+        .unwrap();
+    assert!(generation.sampling.logprobs);
+    assert_eq!(generation.sampling.top_logprobs, 3);
 }

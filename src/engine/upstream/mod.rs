@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ModelConfig, UpstreamConfig};
 use crate::engine::{
     AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage,
+    PromptMessage, PromptTokens,
 };
 use crate::metrics::Metrics;
 use attempt::{Attempt, SendError};
@@ -152,6 +152,7 @@ impl UpstreamEngine {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let counter = Arc::new(TokenCounter::load(model_dir)?);
         Ok(UpstreamEngine {
             client,
             replicas,
@@ -166,6 +167,8 @@ impl UpstreamEngine {
                 owned_by: model.owned_by.clone(),
                 context_length: model.context_length.unwrap_or(usize::MAX),
                 vocab_size: upstream.vocab_size.unwrap_or(usize::MAX),
+                max_token_bytes: counter.max_token_bytes(),
+                logprobs: false,
             },
             upstream_model: upstream.model.clone(),
             adapters: RwLock::new(HashMap::new()),
@@ -173,7 +176,7 @@ impl UpstreamEngine {
                 .adapter_registration
                 .clone()
                 .map(|on_replicas| (adapter_store.to_path_buf(), on_replicas)),
-            counter: Arc::new(TokenCounter::load(model_dir)?),
+            counter,
             api_key,
             request_timeout: upstream.request_timeout,
             idle_timeout: upstream.idle_timeout,
@@ -210,9 +213,12 @@ impl Engine for UpstreamEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
-    ) -> Result<usize, EngineError> {
+    ) -> Result<PromptTokens, EngineError> {
         self.known(model)?;
-        Ok(self.counter.prompt(messages))
+        let (counter, messages) = (self.counter.clone(), messages.to_vec());
+        crate::prompt::run_blocking(move || PromptTokens::counted(counter.prompt(&messages)))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {

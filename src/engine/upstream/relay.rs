@@ -38,6 +38,15 @@ impl TokenCounter {
         Ok(TokenCounter { tokenizer })
     }
 
+    /// Bytes per token at most, for refusing oversized prompts unread: the
+    /// vocabulary's longest entry, or the four bytes a token is estimated
+    /// at without a tokenizer (so the estimate itself would exceed the context).
+    pub fn max_token_bytes(&self) -> usize {
+        self.tokenizer
+            .as_ref()
+            .map_or(4, crate::prompt::max_token_bytes)
+    }
+
     /// A running count of a streamed completion, kept without its text.
     pub fn tally(&self) -> Tally<'_> {
         Tally {
@@ -180,7 +189,7 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                     }
                     context.progress.fetch_add(1, Ordering::Relaxed);
                     tally.add(&frame.text);
-                    yield Ok(GenerationEvent::Delta { text: frame.text });
+                    yield Ok(GenerationEvent::Delta { text: frame.text, logprobs: Vec::new() });
                 }
             }
             if ended {
@@ -227,7 +236,7 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
                 let usage = context.usage(answer.usage, context.counter.count(&answer.text));
                 context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
                 if !answer.text.is_empty() {
-                    yield Ok(GenerationEvent::Delta { text: answer.text });
+                    yield Ok(GenerationEvent::Delta { text: answer.text, logprobs: Vec::new() });
                 }
                 yield Ok(GenerationEvent::Finished { reason: answer.finish, usage });
             }

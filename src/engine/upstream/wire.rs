@@ -240,6 +240,8 @@ mod tests {
             constraint: OutputConstraint::JsonObject,
             max_tokens_chosen: false,
             stream,
+            prompt_ids: None,
+            claim: Default::default(),
         }
     }
 

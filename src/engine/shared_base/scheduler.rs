@@ -1,0 +1,317 @@
+//! The engine loop: continuous batching on one thread that owns the model.
+//!
+//! Between steps, new sequences join (when the KV budget holds their whole
+//! budget and the batch has room) and finished or abandoned ones leave.
+//! Each step carries one token for every decoding sequence plus prompt
+//! chunks for new ones, up to a token budget, so a long prompt delays the
+//! others by one chunk at most, never by its whole length. Rows are ordered
+//! by adapter so each adapter's rows are contiguous. The loop never waits on
+//! a client: events go to unbounded channels.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+
+use super::attention::SequenceRows;
+use super::kv::KvPool;
+use super::lora::RowGroup;
+use super::model::{Model, StepRows};
+use super::sequence::Sequence;
+use crate::engine::EngineError;
+
+/// What the engine thread is told.
+pub enum Command {
+    Start(Box<Sequence>),
+    Stop,
+}
+
+pub struct SchedulerConfig {
+    /// Sequences in one step at most.
+    pub max_sequences: usize,
+    /// Rows (tokens) in one step at most; prompts are chunked to fit.
+    pub max_step_tokens: usize,
+}
+
+pub struct Scheduler {
+    model: Arc<Model>,
+    pool: KvPool,
+    config: SchedulerConfig,
+    commands: Receiver<Command>,
+    waiting: VecDeque<Box<Sequence>>,
+    running: Vec<Sequence>,
+    device: Device,
+}
+
+impl Scheduler {
+    pub fn new(
+        model: Arc<Model>,
+        pool: KvPool,
+        config: SchedulerConfig,
+        commands: Receiver<Command>,
+        device: Device,
+    ) -> Scheduler {
+        Scheduler {
+            model,
+            pool,
+            config,
+            commands,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            device,
+        }
+    }
+
+    /// Runs until told to stop or every sender is gone.
+    pub fn run(mut self) {
+        loop {
+            if !self.take_commands() {
+                return;
+            }
+            self.drop_finished();
+            self.admit();
+            if self.running.is_empty() {
+                continue;
+            }
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(panic) => Some(
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into()),
+                ),
+            };
+            if let Some(failure) = failure {
+                // The step's caches may be half written: fail exactly the
+                // sequences in it; waiting ones are untouched.
+                tracing::error!(error = %failure, sequences = self.running.len(), "engine step failed");
+                for sequence in &mut self.running {
+                    sequence.fail(EngineError::Internal(failure.clone()));
+                }
+            }
+        }
+    }
+
+    /// Takes new commands; blocks while there is nothing to do. `false`
+    /// when the engine should stop.
+    fn take_commands(&mut self) -> bool {
+        let idle = self.running.is_empty() && self.waiting.is_empty();
+        let first = if idle {
+            match self.commands.recv_timeout(Duration::from_secs(1)) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        } else {
+            None
+        };
+        let mut next = first.or_else(|| self.commands.try_recv().ok());
+        while let Some(command) = next {
+            match command {
+                Command::Start(sequence) => self.waiting.push_back(sequence),
+                Command::Stop => return false,
+            }
+            next = self.commands.try_recv().ok();
+        }
+        true
+    }
+
+    fn drop_finished(&mut self) {
+        self.running.retain(|s| !s.done && !s.abandoned());
+        self.waiting.retain(|s| !s.abandoned());
+    }
+
+    /// The waiting sequence to run next: the highest priority class, then
+    /// the tenant with the fewest running sequences for its weight (the
+    /// furthest below its share of the batch), then the oldest. So a request
+    /// admitted fairly by the gateway does not wait here behind another
+    /// tenant's backlog.
+    fn next_waiting(&self) -> Option<usize> {
+        let running = |tenant: &str| {
+            self.running
+                .iter()
+                .filter(|s| s.claim.tenant == tenant)
+                .count() as f64
+        };
+        self.waiting
+            .iter()
+            .enumerate()
+            .min_by(|(a_index, a), (b_index, b)| {
+                let load =
+                    |s: &Sequence| running(&s.claim.tenant) / f64::from(s.claim.weight.max(1));
+                b.claim
+                    .priority
+                    .cmp(&a.claim.priority)
+                    .then(load(a).total_cmp(&load(b)))
+                    .then(a_index.cmp(b_index))
+            })
+            .map(|(index, _)| index)
+    }
+
+    /// Moves waiting sequences in while the batch and the KV budget have
+    /// room for their whole budget.
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_sequences {
+            let Some(index) = self.next_waiting() else {
+                return;
+            };
+            let Some(mut sequence) = self.waiting.remove(index) else {
+                return;
+            };
+            let tokens = sequence.prompt_len + sequence.max_tokens;
+            let config = &self.model.config;
+            match self.pool.allocate(config, tokens, DType::F32, &self.device) {
+                Ok(Some(cache)) => {
+                    sequence.cache = Some(cache);
+                    self.running.push(*sequence);
+                }
+                Ok(None) if self.running.is_empty() => {
+                    // Even an empty engine cannot hold it: never will.
+                    sequence.fail(EngineError::Rejected(format!(
+                        "the request needs {tokens} tokens of KV cache, more than this engine's budget of {}",
+                        self.pool.capacity_tokens()
+                    )));
+                }
+                Ok(None) => {
+                    self.waiting.insert(index, sequence);
+                    return;
+                }
+                Err(error) => sequence.fail(EngineError::Internal(error.to_string())),
+            }
+        }
+    }
+
+    /// One forward pass over every running sequence, then sampling.
+    fn step(&mut self) -> anyhow::Result<()> {
+        let plan = plan(&self.running, self.config.max_step_tokens);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut sample_rows = Vec::new();
+        let mut sampled_sequences = Vec::new();
+        let mut spans = Vec::with_capacity(plan.len());
+        for &(index, rows) in &plan {
+            let sequence = &self.running[index];
+            let start = tokens.len();
+            for offset in 0..rows {
+                let position = sequence.cached + offset;
+                tokens.push(sequence.tokens[position]);
+                positions.push(position as u32);
+            }
+            if sequence.cached + rows == sequence.tokens.len() {
+                sample_rows.push((start + rows - 1) as u32);
+                sampled_sequences.push(index);
+            }
+            spans.push((index, SequenceRows { start, len: rows }));
+        }
+        // The caches leave their sequences for the pass, so the adapters
+        // can be borrowed from the same sequences at once.
+        let mut taken = Vec::with_capacity(spans.len());
+        for &(index, span) in &spans {
+            let cache = self.running[index]
+                .cache
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("a running sequence has no cache"))?;
+            taken.push((index, span, cache));
+        }
+        let logits = {
+            let sequences = taken
+                .iter_mut()
+                .map(|(_, span, cache)| (*span, cache))
+                .collect();
+            let adapters = row_groups(&self.running, &spans);
+            let mut step = StepRows {
+                tokens,
+                positions,
+                sequences,
+                sample_rows,
+                adapters,
+            };
+            self.model.forward(&mut step)?
+        };
+        for (index, span, mut cache) in taken {
+            cache.commit(span.len);
+            let sequence = &mut self.running[index];
+            sequence.cache = Some(cache);
+            sequence.cached += span.len;
+        }
+        for (mut row, index) in logits.into_iter().zip(sampled_sequences) {
+            let sequence = &mut self.running[index];
+            let allowed = match &mut sequence.constraint {
+                Some(constraint) => match constraint.allowed() {
+                    Ok(mask) => Some(mask.to_vec()),
+                    Err(error) => {
+                        sequence.fail(EngineError::Internal(format!("constraint: {error}")));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match sequence.sampler.sample(&mut row, allowed.as_deref()) {
+                Ok(sampled) => sequence.accept(sampled),
+                Err(error) => sequence.fail(EngineError::Internal(format!("sampling: {error}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which sequences get how many rows this step: every decoding sequence
+/// one, then prompt chunks in arrival order while the token budget lasts.
+/// Ordered by adapter so each adapter's rows are contiguous.
+fn plan(running: &[Sequence], max_tokens: usize) -> Vec<(usize, usize)> {
+    let mut chosen = Vec::new();
+    let mut budget = max_tokens.max(1);
+    for (index, sequence) in running.iter().enumerate() {
+        if sequence.pending() == 1 && budget > 0 {
+            chosen.push((index, 1));
+            budget -= 1;
+        }
+    }
+    for (index, sequence) in running.iter().enumerate() {
+        let pending = sequence.pending();
+        if pending > 1 && budget > 0 {
+            let rows = pending.min(budget);
+            chosen.push((index, rows));
+            budget -= rows;
+        }
+    }
+    chosen.sort_by(|a, b| {
+        let key = |i: usize| running[i].adapter.as_ref().map(|a| Arc::as_ptr(a) as usize);
+        key(a.0).cmp(&key(b.0)).then(a.0.cmp(&b.0))
+    });
+    chosen
+}
+
+/// Contiguous runs of rows that share an adapter.
+fn row_groups<'a>(running: &'a [Sequence], spans: &[(usize, SequenceRows)]) -> Vec<RowGroup<'a>> {
+    let mut groups: Vec<RowGroup<'a>> = Vec::new();
+    for &(index, span) in spans {
+        let Some(adapter) = &running[index].adapter else {
+            continue;
+        };
+        match groups.last_mut() {
+            Some(last)
+                if std::ptr::eq(last.adapter, &adapter.weights)
+                    && last.start + last.len == span.start =>
+            {
+                last.len += span.len;
+            }
+            _ => groups.push(RowGroup {
+                start: span.start,
+                len: span.len,
+                adapter: &adapter.weights,
+            }),
+        }
+    }
+    groups
+}

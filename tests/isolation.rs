@@ -1,0 +1,266 @@
+//! One tenant must not slow, stall or reach another: a client that stops
+//! reading, requests refused by limits, oversized prompts and stop strings,
+//! each over real HTTP with the real engine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key, settled_metric};
+use serde_json::{Value, json};
+
+fn sampled() -> String {
+    format!("loragate_engine_sampled_tokens_total{{model=\"{MODEL}\"}}")
+}
+
+/// Opens a connection with a tiny receive buffer, sends a streamed request
+/// for the whole context and never reads: the server's writes back up
+/// within a few hundred tokens.
+fn stalled_stream(server: &TestServer) -> std::net::TcpStream {
+    let address: std::net::SocketAddr = server.address().parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    let mut body = chat_body("Keep going", 2000);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+async fn short_request_succeeds(server: &TestServer) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(60),
+        client()
+            .post(server.url("/v1/chat/completions"))
+            .json(&chat_body("hi", 5))
+            .send(),
+    )
+    .await
+    .expect("another request is answered while a reader is stalled")
+    .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+async fn never_reading_holds_up_nothing(engine: &str) {
+    let server = TestServer::with(&[
+        ("server.write_idle_timeout_ms", "600000"),
+        ("model.engine", engine),
+    ]);
+    let before = metric(&server, &sampled()).await;
+    let _stalled = stalled_stream(&server);
+    // The stalled generation runs to its end in the engine (its output is
+    // queued for the client), instead of blocking on the full socket.
+    let after = settled_metric(&server, &sampled(), Duration::from_millis(500)).await;
+    assert!(
+        after - before >= 1500.0,
+        "the engine kept generating for the stalled stream ({} tokens)",
+        after - before
+    );
+    short_request_succeeds(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_never_reads_does_not_hold_up_the_shared_base_engine() {
+    never_reading_holds_up_nothing("shared_base").await;
+}
+
+/// mistral.rs waits on a full per-request channel inside its step loop: the
+/// gateway must drain it whatever the client does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_never_reads_does_not_hold_up_mistralrs() {
+    never_reading_holds_up_nothing("mistralrs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_reader_is_cut_off_and_charged_what_it_used() {
+    let server = TestServer::with(&[("server.write_idle_timeout_ms", "300")]);
+    let before = metric(&server, &sampled()).await;
+    let mut stalled = stalled_stream(&server);
+    let after = settled_metric(&server, &sampled(), Duration::from_millis(500)).await;
+    let generated = after - before;
+    // The tiny model may finish all 2000 tokens before the client is found
+    // stalled; either way the generation ended once and was counted.
+    let finished = |reason: &str| {
+        format!(
+            "loragate_requests_finished_total{{model=\"{MODEL}\",reason=\"{reason}\",tenant=\"anonymous\"}}"
+        )
+    };
+    let ended =
+        metric(&server, &finished("cancelled")).await + metric(&server, &finished("length")).await;
+    assert_eq!(ended, 1.0);
+    let charged = metric(
+        &server,
+        &format!("loragate_completion_tokens_total{{model=\"{MODEL}\",tenant=\"anonymous\"}}"),
+    )
+    .await;
+    assert_eq!(charged, generated, "metered what the engine generated");
+    // The server shut the connection: reading what was sent reaches its end.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let read = stalled.read_to_end(&mut sink);
+    assert!(
+        read.is_ok() || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection was closed by the server, not left hanging: {read:?}"
+    );
+    short_request_succeeds(&server).await;
+}
+
+fn limited_tenancy() -> (String, String, String) {
+    let (key, hash) = new_key();
+    let (admin, admin_hash) = new_key();
+    let toml = format!(
+        r#"
+[auth]
+enabled = true
+admin_api_keys = ["{admin_hash}"]
+[[tenants]]
+id = "acme"
+api_keys = ["{hash}"]
+[tenants.limits]
+requests_per_minute = 1
+"#
+    );
+    (toml, key, admin)
+}
+
+async fn chat_as(server: &TestServer, key: &str, body: &Value) -> (u16, Value) {
+    let response = authed(client().post(server.url("/v1/chat/completions")), key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+const TOKENIZED: &str = "loragate_prompt_tokenization_seconds_count";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_over_the_limit_are_refused_before_any_engine_work() {
+    let (toml, key, _) = limited_tenancy();
+    let server = TestServer::with_toml(&toml, &[("server.max_body_bytes", "8388608")]);
+    assert_eq!(chat_as(&server, &key, &chat_body("hi", 2)).await.0, 200);
+    let tokenized = metric(&server, TOKENIZED).await;
+    assert_eq!(tokenized, 1.0);
+    // At its limit, a prompt that would fit is refused unread.
+    let (status, body) = chat_as(&server, &key, &chat_body(&"word ".repeat(200), 2)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // A 4 MB prompt is refused by its size alone.
+    let (status, body) = chat_as(&server, &key, &chat_body(&"x".repeat(4 << 20), 2)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(body["error"]["param"], "messages");
+    assert_eq!(
+        metric(&server, TOKENIZED).await,
+        tokenized,
+        "no refused prompt was tokenized"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prompt_too_long_for_the_context_is_refused_by_its_bytes() {
+    let server = TestServer::start();
+    let before = metric(&server, TOKENIZED).await;
+    // The tiny model's context is 2048 tokens of at most 13 bytes.
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&chat_body(&"y".repeat(2048 * 13), 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(metric(&server, TOKENIZED).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_never_load_or_evict_adapters() {
+    let (toml, key, admin) = limited_tenancy();
+    let server = TestServer::with_toml(
+        &toml,
+        &[
+            ("adapters.max_resident", "1"),
+            ("adapters.warm_on_upload", "false"),
+        ],
+    );
+    let adapter = common::tiny_adapter(71);
+    let form = reqwest::multipart::Form::new()
+        .text("name", "bot")
+        .part(
+            "adapter_config",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(adapter.path().join("adapter_config.json")).unwrap(),
+            ),
+        )
+        .part(
+            "adapter_model",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(adapter.path().join("adapter_model.safetensors")).unwrap(),
+            ),
+        );
+    let uploaded = authed(
+        client().post(server.url("/admin/v1/tenants/acme/adapters")),
+        &admin,
+    )
+    .multipart(form)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    assert_eq!(chat_as(&server, &key, &chat_body("hi", 2)).await.0, 200);
+    let loads = "loragate_adapter_loads_total{result=\"ok\",tenant=\"acme\"}";
+    assert_eq!(metric(&server, loads).await, 0.0, "nothing loaded yet");
+    let mut body = chat_body("hi", 2);
+    body["model"] = json!("bot");
+    for _ in 0..5 {
+        assert_eq!(chat_as(&server, &key, &body).await.0, 429);
+    }
+    assert_eq!(
+        metric(&server, loads).await,
+        0.0,
+        "refused requests load nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_stop_sequences_are_refused() {
+    let server = TestServer::start();
+    let mut body = chat_body("hi", 4);
+    body["stop"] = json!(["ok", "z".repeat(257)]);
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "stop");
+    body["stop"] = json!(["z".repeat(256)]);
+    let accepted = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+}
