@@ -1,7 +1,10 @@
 //! Adapters end to end over HTTP on the tiny model: upload, validation,
 //! selection, replacement under load, rollback, eviction, isolation, restart.
+//! `options`: which PEFT options are refused.
 
 mod common;
+#[path = "adapters_api/options.rs"]
+mod options;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
