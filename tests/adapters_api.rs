@@ -1,10 +1,13 @@
 //! Adapters end to end over HTTP on the tiny model: upload, validation,
 //! selection, replacement under load, rollback, eviction, isolation, restart.
-//! `options`: which PEFT options are refused.
+//! `options`: which PEFT options are refused; `writes`: how uploads reach
+//! the store.
 
 mod common;
 #[path = "adapters_api/options.rs"]
 mod options;
+#[path = "adapters_api/writes.rs"]
+mod writes;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

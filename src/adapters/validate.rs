@@ -13,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::AdapterError;
+use super::staging::Received;
 
 /// Shapes of the base model, from its `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +204,28 @@ pub fn validate(
     }
     let checked = check(config, weights, base, limits)?;
     Ok(checked.with(hex::encode(Sha256::digest(weights)), weights.len() as u64))
+}
+
+/// Validates an upload whose weights were streamed to `weights` (already
+/// size-capped and hashed on the way: `received`). Blocks: reads the file.
+pub fn validate_file(
+    config: &[u8],
+    weights: &Path,
+    received: &Received,
+    base: &BaseShape,
+    limits: &Limits,
+) -> Result<ValidatedAdapter, AdapterError> {
+    let file = std::fs::File::open(weights)?;
+    // SAFETY: the file is in this upload's private staging folder, written
+    // and fsynced by this process, and nothing writes to it while mapped.
+    let mapped = unsafe { memmap2::Mmap::map(&file)? };
+    if mapped.len() as u64 != received.size {
+        return Err(AdapterError::Io(std::io::Error::other(
+            "the staged weights changed size after upload",
+        )));
+    }
+    let checked = check(config, &mapped, base, limits)?;
+    Ok(checked.with(received.sha256.clone(), received.size))
 }
 
 struct Checked {

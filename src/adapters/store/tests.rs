@@ -4,6 +4,15 @@ async fn accept(_: AdapterRecord) -> Result<(), AdapterError> {
     Ok(())
 }
 
+/// An upload staged the way the admin API streams one.
+async fn staged(store: &AdapterStore, weights: &[u8]) -> Staging {
+    let staging = store.stage().await.unwrap();
+    let mut writer = staging.weights_writer(1024).await.unwrap();
+    writer.write(weights).await.unwrap();
+    writer.finish().await.unwrap();
+    staging
+}
+
 fn record(name: &str) -> AdapterRecord {
     AdapterRecord {
         tenant: "acme".into(),
@@ -24,24 +33,50 @@ async fn generations_replace_by_compare_and_swap() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
     let first = store
-        .put(record("bot"), b"{}", b"one", None, accept)
+        .put(
+            record("bot"),
+            staged(&store, b"one").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
         .await
         .unwrap()
         .0;
     assert_eq!(first.generation, 1);
     // Replacing without naming the current generation is refused.
     assert!(matches!(
-        store.put(record("bot"), b"{}", b"two", None, accept).await,
+        store
+            .put(
+                record("bot"),
+                staged(&store, b"two").await,
+                b"{}".to_vec(),
+                None,
+                accept
+            )
+            .await,
         Err(AdapterError::Conflict { current: 1, .. })
     ));
     assert!(matches!(
         store
-            .put(record("bot"), b"{}", b"two", Some(7), accept)
+            .put(
+                record("bot"),
+                staged(&store, b"two").await,
+                b"{}".to_vec(),
+                Some(7),
+                accept
+            )
             .await,
         Err(AdapterError::Conflict { .. })
     ));
     let (second, replaced) = store
-        .put(record("bot"), b"{}", b"two", Some(1), accept)
+        .put(
+            record("bot"),
+            staged(&store, b"two").await,
+            b"{}".to_vec(),
+            Some(1),
+            accept,
+        )
         .await
         .unwrap();
     assert_eq!(replaced.map(|r| r.generation), Some(1));
@@ -60,7 +95,13 @@ async fn generations_replace_by_compare_and_swap() {
     // A new name may say generation 0 explicitly.
     assert_eq!(
         store
-            .put(record("other"), b"{}", b"x", Some(0), accept)
+            .put(
+                record("other"),
+                staged(&store, b"x").await,
+                b"{}".to_vec(),
+                Some(0),
+                accept
+            )
             .await
             .unwrap()
             .0
@@ -76,7 +117,13 @@ async fn rollback_and_delete() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
     store
-        .put(record("bot"), b"{}", b"one", None, accept)
+        .put(
+            record("bot"),
+            staged(&store, b"one").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -84,7 +131,13 @@ async fn rollback_and_delete() {
         Err(AdapterError::NoPreviousGeneration(_))
     ));
     store
-        .put(record("bot"), b"{}", b"two", Some(1), accept)
+        .put(
+            record("bot"),
+            staged(&store, b"two").await,
+            b"{}".to_vec(),
+            Some(1),
+            accept,
+        )
         .await
         .unwrap();
     let (now, undone) = store.rollback("acme", "bot", Some(2)).await.unwrap();
@@ -93,7 +146,13 @@ async fn rollback_and_delete() {
     // The next upload does not reuse a number the store handed out before.
     assert_eq!(
         store
-            .put(record("bot"), b"{}", b"three", Some(1), accept)
+            .put(
+                record("bot"),
+                staged(&store, b"three").await,
+                b"{}".to_vec(),
+                Some(1),
+                accept
+            )
             .await
             .unwrap()
             .0
@@ -116,11 +175,23 @@ async fn reopening_finds_everything_and_sweeps_half_writes() {
     {
         let store = AdapterStore::open(root.path()).unwrap();
         store
-            .put(record("bot"), b"{}", b"one", None, accept)
+            .put(
+                record("bot"),
+                staged(&store, b"one").await,
+                b"{}".to_vec(),
+                None,
+                accept,
+            )
             .await
             .unwrap();
         store
-            .put(record("bot"), b"{}", b"two", Some(1), accept)
+            .put(
+                record("bot"),
+                staged(&store, b"two").await,
+                b"{}".to_vec(),
+                Some(1),
+                accept,
+            )
             .await
             .unwrap();
     }
@@ -144,13 +215,25 @@ async fn a_failed_load_before_the_switch_leaves_nothing_behind() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
     store
-        .put(record("bot"), b"{}", b"one", None, accept)
+        .put(
+            record("bot"),
+            staged(&store, b"one").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
         .await
         .unwrap();
     let refuse = |_| async { Err(AdapterError::LoadTimeout) };
     assert!(
         store
-            .put(record("bot"), b"{}", b"two", Some(1), refuse)
+            .put(
+                record("bot"),
+                staged(&store, b"two").await,
+                b"{}".to_vec(),
+                Some(1),
+                refuse
+            )
             .await
             .is_err()
     );
@@ -159,9 +242,113 @@ async fn a_failed_load_before_the_switch_leaves_nothing_behind() {
     assert!(!root.path().join("acme/bot/2").exists());
     assert!(
         store
-            .put(record("new"), b"{}", b"x", None, refuse)
+            .put(
+                record("new"),
+                staged(&store, b"x").await,
+                b"{}".to_vec(),
+                None,
+                refuse
+            )
             .await
             .is_err()
     );
     assert!(!root.path().join("acme/new").exists());
+}
+
+#[tokio::test]
+async fn a_refused_put_removes_its_staged_upload() {
+    let root = tempfile::tempdir().unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    store
+        .put(
+            record("bot"),
+            staged(&store, b"one").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .put(
+                record("bot"),
+                staged(&store, b"two").await,
+                b"{}".to_vec(),
+                Some(9),
+                accept
+            )
+            .await
+            .is_err()
+    );
+    let staging = store.stage().await.unwrap();
+    let mut writer = staging.weights_writer(4).await.unwrap();
+    assert!(matches!(
+        writer.write(b"12345").await,
+        Err(AdapterError::TooLarge { limit: 4 })
+    ));
+    drop(writer);
+    staging.discard().await;
+    assert_eq!(
+        std::fs::read_dir(root.path().join(".staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_slow_load_of_one_name_does_not_hold_up_other_names() {
+    let root = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(AdapterStore::open(root.path()).unwrap());
+    let (loading, loading_seen) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let slow = {
+        let store = store.clone();
+        let staging = staged(&store, b"slow").await;
+        tokio::spawn(async move {
+            store
+                .put(
+                    record("slow"),
+                    staging,
+                    b"{}".to_vec(),
+                    None,
+                    |_| async move {
+                        let _ = loading.send(());
+                        let _ = released.await;
+                        Ok(())
+                    },
+                )
+                .await
+        })
+    };
+    loading_seen.await.unwrap();
+    let other = store
+        .put(
+            record("other"),
+            staged(&store, b"x").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(other.generation, 1);
+    store.delete("acme", "other", Some(1)).await.unwrap();
+    assert!(!slow.is_finished(), "the slow load is still running");
+    // The same name waits for it.
+    let same = {
+        let store = store.clone();
+        let staging = staged(&store, b"again").await;
+        tokio::spawn(async move {
+            store
+                .put(record("slow"), staging, b"{}".to_vec(), Some(1), accept)
+                .await
+        })
+    };
+    release.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap().0.generation, 1);
+    assert_eq!(same.await.unwrap().unwrap().0.generation, 2);
+    assert!(store.locks.lock().is_empty(), "idle names hold no lock");
 }

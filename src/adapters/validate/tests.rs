@@ -321,3 +321,33 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         );
     }
 }
+
+#[test]
+fn a_streamed_file_is_validated_from_disk() {
+    let (config, weights) = files(&AdapterSpec::tiny(1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter_model.safetensors");
+    std::fs::write(&path, &weights).unwrap();
+    let received = Received {
+        sha256: "streamed".into(),
+        size: weights.len() as u64,
+    };
+    let validated = validate_file(&config, &path, &received, &TINY_SHAPE, &LIMITS).unwrap();
+    assert_eq!(
+        (validated.sha256.as_str(), validated.size_bytes),
+        ("streamed", weights.len() as u64)
+    );
+    let short = Received {
+        size: 3,
+        ..received
+    };
+    assert!(validate_file(&config, &path, &short, &TINY_SHAPE, &LIMITS).is_err());
+    // An empty part is an invalid file, not an I/O failure.
+    std::fs::write(&path, b"").unwrap();
+    let empty = Received {
+        sha256: String::new(),
+        size: 0,
+    };
+    let text = message(validate_file(&config, &path, &empty, &TINY_SHAPE, &LIMITS));
+    assert!(text.contains("not a valid safetensors"), "{text}");
+}
