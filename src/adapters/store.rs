@@ -1,9 +1,13 @@
 //! The adapter store: `<root>/<tenant>/<name>/<generation>/` holding
 //! `adapter_config.json`, `adapter_model.safetensors` and `record.json`, plus
-//! `<root>/<tenant>/<name>/CURRENT` naming the served generation.
+//! `<root>/<tenant>/<name>/CURRENT` naming the served generation and
+//! `<root>/<tenant>/.generations/<name>`, the highest generation ever handed
+//! out for that name (generations are never reused, so an `ETag` names one
+//! upload for good).
 //!
 //! Every write goes to `<root>/.staging/`, is fsynced, and is moved into
-//! place with one rename; `CURRENT` is replaced the same way. A crash leaves either the old state or the new one, and staging
+//! place with one rename; `CURRENT` and the high-water mark are replaced the
+//! same way. A crash leaves either the old state or the new one, and staging
 //! leftovers are swept at start-up. Mutations of one adapter name run one at
 //! a time; different names (and tenants) never wait for each other. Reads
 //! use an in-memory index rebuilt from disk at start. File I/O runs on the
@@ -79,8 +83,12 @@ impl AdapterStore {
                 continue;
             }
             for adapter in disk::read_dirs(&tenant)? {
+                let name = disk::file_name(&adapter);
+                if name.starts_with('.') {
+                    continue;
+                }
                 if let Some(entry) = disk::load_entry(&adapter)? {
-                    index.insert((tenant_name.clone(), disk::file_name(&adapter)), entry);
+                    index.insert((tenant_name.clone(), name), entry);
                 }
             }
         }
@@ -225,12 +233,20 @@ impl AdapterStore {
                 return Err(error);
             }
         };
-        record.generation = self
+        let in_index = self
             .generations(&record.tenant, &record.name)
             .last()
             .copied()
-            .unwrap_or(0)
-            + 1;
+            .unwrap_or(0);
+        let (tenant_dir, name) = (self.root.join(&record.tenant), record.name.clone());
+        record.generation =
+            match blocking(move || disk::allocate_generation(&tenant_dir, &name, in_index)).await {
+                Ok(generation) => generation,
+                Err(error) => {
+                    staging.discard().await;
+                    return Err(error);
+                }
+            };
         let target = self.generation_dir(&record);
         let (from, to, written) = (staging.dir().to_path_buf(), target.clone(), record.clone());
         if let Err(error) =
@@ -311,7 +327,9 @@ impl AdapterStore {
         Ok((previous, current))
     }
 
-    /// Deletes every generation of an adapter; returns them.
+    /// Deletes every generation of an adapter; returns them. The name's
+    /// high-water mark stays, so a later upload under the same name
+    /// continues its numbering.
     pub async fn delete(
         &self,
         tenant: &str,

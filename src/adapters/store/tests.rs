@@ -157,7 +157,7 @@ async fn rollback_and_delete() {
             .unwrap()
             .0
             .generation,
-        2
+        3
     );
     let removed = store.delete("acme", "bot", None).await.unwrap();
     assert_eq!(removed.len(), 2);
@@ -253,6 +253,199 @@ async fn a_failed_load_before_the_switch_leaves_nothing_behind() {
             .is_err()
     );
     assert!(!root.path().join("acme/new").exists());
+}
+
+#[tokio::test]
+async fn generations_are_never_reused_for_a_name_even_across_delete_and_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let generation = |result: Result<(AdapterRecord, Option<AdapterRecord>), AdapterError>| {
+        result.map(|(record, _)| record.generation)
+    };
+    {
+        let store = AdapterStore::open(root.path()).unwrap();
+        let bot = |expected| {
+            let store = &store;
+            async move {
+                generation(
+                    store
+                        .put(
+                            record("bot"),
+                            staged(store, b"w").await,
+                            b"{}".to_vec(),
+                            expected,
+                            accept,
+                        )
+                        .await,
+                )
+            }
+        };
+        assert_eq!(bot(None).await.unwrap(), 1);
+        assert_eq!(bot(Some(1)).await.unwrap(), 2);
+        store.rollback("acme", "bot", Some(2)).await.unwrap();
+        assert_eq!(bot(Some(1)).await.unwrap(), 3, "2 was handed out before");
+        assert!(matches!(
+            bot(Some(2)).await,
+            Err(AdapterError::Conflict {
+                expected: 2,
+                current: 3
+            })
+        ));
+        // A load that fails still used its number.
+        let refused = store
+            .put(
+                record("bot"),
+                staged(&store, b"w").await,
+                b"{}".to_vec(),
+                Some(3),
+                |_| async { Err(AdapterError::LoadTimeout) },
+            )
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(bot(Some(3)).await.unwrap(), 5);
+        store.delete("acme", "bot", None).await.unwrap();
+    }
+    let store = AdapterStore::open(root.path()).unwrap();
+    assert!(store.current("acme", "bot").is_none());
+    let again = store
+        .put(
+            record("bot"),
+            staged(&store, b"w").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(
+        again.generation, 6,
+        "the mark outlives the delete and the restart"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("acme/.generations/bot")).unwrap(),
+        "6"
+    );
+    // Another name has its own numbering.
+    let other = store
+        .put(
+            record("other"),
+            staged(&store, b"w").await,
+            b"{}".to_vec(),
+            None,
+            accept,
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(other.generation, 1);
+}
+
+#[tokio::test]
+async fn an_unreadable_mark_refuses_rather_than_guessing() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("acme/.generations")).unwrap();
+    std::fs::write(root.path().join("acme/.generations/bot"), b"garbage").unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    assert!(matches!(
+        store
+            .put(
+                record("bot"),
+                staged(&store, b"w").await,
+                b"{}".to_vec(),
+                None,
+                accept
+            )
+            .await,
+        Err(AdapterError::Io(_))
+    ));
+    assert!(store.current("acme", "bot").is_none());
+    assert_eq!(
+        std::fs::read_dir(root.path().join(".staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_generation_that_never_became_current_is_swept_at_open() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let store = AdapterStore::open(root.path()).unwrap();
+        store
+            .put(
+                record("bot"),
+                staged(&store, b"one").await,
+                b"{}".to_vec(),
+                None,
+                accept,
+            )
+            .await
+            .unwrap();
+    }
+    // As a crash between an upload's rename and its switch leaves it: the
+    // number was recorded before the folder was made.
+    std::fs::write(root.path().join("acme/.generations/bot"), "2").unwrap();
+    let stray = root.path().join("acme/bot/2");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(
+        stray.join("record.json"),
+        serde_json::to_vec(&AdapterRecord {
+            generation: 2,
+            ..record("bot")
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    assert_eq!(store.generations("acme", "bot"), vec![1]);
+    assert!(!stray.exists());
+    let next = store
+        .put(
+            record("bot"),
+            staged(&store, b"two").await,
+            b"{}".to_vec(),
+            Some(1),
+            accept,
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(next.generation, 3, "its number is not handed out again");
+}
+
+#[tokio::test]
+async fn a_store_from_before_marks_continues_from_its_folders() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let store = AdapterStore::open(root.path()).unwrap();
+        for (weights, expected) in [(&b"one"[..], None), (&b"two"[..], Some(1))] {
+            store
+                .put(
+                    record("bot"),
+                    staged(&store, weights).await,
+                    b"{}".to_vec(),
+                    expected,
+                    accept,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    std::fs::remove_dir_all(root.path().join("acme/.generations")).unwrap();
+    let store = AdapterStore::open(root.path()).unwrap();
+    let next = store
+        .put(
+            record("bot"),
+            staged(&store, b"three").await,
+            b"{}".to_vec(),
+            Some(2),
+            accept,
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(next.generation, 3);
 }
 
 #[tokio::test]
