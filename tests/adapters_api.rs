@@ -1,7 +1,13 @@
 //! Adapters end to end over HTTP on the tiny model: upload, validation,
 //! selection, replacement under load, rollback, eviction, isolation, restart.
+//! `options`: which PEFT options are refused; `writes`: how uploads reach
+//! the store.
 
 mod common;
+#[path = "adapters_api/options.rs"]
+mod options;
+#[path = "adapters_api/writes.rs"]
+mod writes;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -290,6 +296,87 @@ async fn replace_needs_the_current_generation_and_rolls_back() {
         .unwrap();
     assert_eq!(deleted.status(), 200);
     assert_eq!(answer(&server, "bot").await.0, 404);
+}
+
+async fn rollback(server: &TestServer, name: &str) -> reqwest::Response {
+    client()
+        .post(server.url(&format!(
+            "/admin/v1/tenants/anonymous/adapters/{name}/rollback"
+        )))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Uploads and returns (status, ETag, generation in the body, sha256).
+async fn upload_seen(
+    server: &TestServer,
+    name: &str,
+    dir: &Path,
+    if_match: Option<u64>,
+) -> (u16, String, Value, Value) {
+    let response = upload(server, name, dir, if_match).await;
+    let status = response.status().as_u16();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        etag,
+        body["generation"].clone(),
+        body["sha256"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_etag_cannot_overwrite_after_a_rollback_or_a_delete() {
+    let store = tempfile::tempdir().unwrap();
+    let store_text = store.path().display().to_string();
+    let (a, b, c) = (tiny_adapter(131), tiny_adapter(132), tiny_adapter(133));
+    {
+        let server = TestServer::with(&[("adapters.dir", &store_text)]);
+        assert_eq!(upload_seen(&server, "bot", a.path(), None).await.0, 201);
+        let (status, etag, ..) = upload_seen(&server, "bot", b.path(), Some(1)).await;
+        assert_eq!((status, etag.as_str()), (201, "\"2\""));
+        // Another admin read the adapter now and holds ETag "2".
+        let rolled = rollback(&server, "bot").await;
+        assert_eq!(rolled.headers()["etag"], "\"1\"");
+        let (status, etag, generation, sha256) =
+            upload_seen(&server, "bot", c.path(), Some(1)).await;
+        assert_eq!(
+            (status, etag.as_str(), generation),
+            (201, "\"3\"", 3.into()),
+            "2 named another upload; it is never handed out again"
+        );
+        let stale = upload(&server, "bot", b.path(), Some(2)).await;
+        assert_eq!(stale.status(), 409, "the holder of \"2\" cannot overwrite");
+        let body: Value = stale.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "generation_mismatch");
+        let info: Value =
+            common::get_json(server.url("/admin/v1/tenants/anonymous/adapters/bot"), None).await;
+        assert_eq!((&info["generation"], &info["sha256"]), (&3.into(), &sha256));
+        let deleted = client()
+            .delete(server.url("/admin/v1/tenants/anonymous/adapters/bot"))
+            .header("if-match", "\"3\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 200);
+    }
+    // A restart and a re-created name continue the numbering.
+    let server = TestServer::with(&[("adapters.dir", &store_text)]);
+    let (status, etag, ..) = upload_seen(&server, "bot", a.path(), None).await;
+    assert_eq!((status, etag.as_str()), (201, "\"4\""));
+    for stale in [1, 2, 3] {
+        assert_eq!(
+            upload(&server, "bot", b.path(), Some(stale)).await.status(),
+            409,
+            "ETag {stale} named an upload that is gone"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

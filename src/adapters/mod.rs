@@ -1,7 +1,8 @@
 //! Tenant LoRA adapters: validation, the on-disk store with generations,
-//! and residency in the engine.
+//! uploads staged on disk while they arrive, and residency in the engine.
 
 pub mod residency;
+pub mod staging;
 pub mod store;
 pub mod validate;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub use residency::{AdapterLease, Residency};
+pub use staging::Staging;
 pub use store::AdapterStore;
 
 /// Adapter names appear in paths, URLs and model names: a safe charset only.

@@ -1,20 +1,27 @@
 //! The adapter store: `<root>/<tenant>/<name>/<generation>/` holding
 //! `adapter_config.json`, `adapter_model.safetensors` and `record.json`, plus
-//! `<root>/<tenant>/<name>/CURRENT` naming the served generation.
+//! `<root>/<tenant>/<name>/CURRENT` naming the served generation and
+//! `<root>/<tenant>/.generations/<name>`, the highest generation ever handed
+//! out for that name (generations are never reused, so an `ETag` names one
+//! upload for good).
 //!
 //! Every write goes to `<root>/.staging/`, is fsynced, and is moved into
-//! place with one rename; `CURRENT` is replaced the same way. A crash leaves
-//! either the old state or the new one, and staging leftovers are swept at
-//! start-up. One mutation runs at a time; reads use an in-memory index
-//! rebuilt from disk at start.
+//! place with one rename; `CURRENT` and the high-water mark are replaced the
+//! same way. A crash leaves either the old state or the new one, and staging
+//! leftovers are swept at start-up. Mutations of one adapter name run one at
+//! a time; different names (and tenants) never wait for each other. Reads
+//! use an in-memory index rebuilt from disk at start. File I/O runs on the
+//! blocking pool.
+
+mod disk;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
+use super::staging::{Staging, blocking};
 use super::{AdapterError, AdapterRecord};
 
 #[derive(Debug, Clone, Default)]
@@ -23,20 +30,39 @@ struct NameEntry {
     generations: BTreeMap<u64, AdapterRecord>,
 }
 
+type NameKey = (String, String);
+
 pub struct AdapterStore {
     root: PathBuf,
-    index: RwLock<HashMap<(String, String), NameEntry>>,
-    writer: tokio::sync::Mutex<()>,
+    index: RwLock<HashMap<NameKey, NameEntry>>,
+    /// One lock per (tenant, name) while someone holds or waits for it.
+    locks: Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn fsync_dir(path: &Path) -> std::io::Result<()> {
-    File::open(path)?.sync_all()
+/// Holds one adapter name's lock; forgets the lock when nobody waits for it.
+struct NameGuard<'a> {
+    store: &'a AdapterStore,
+    key: NameKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        // Waiters clone the lock under the map's mutex, so a count of one
+        // (the map's own) seen under it means nobody else can be waiting.
+        let mut locks = self.store.locks.lock();
+        self.guard.take();
+        if locks
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+fn key(tenant: &str, name: &str) -> NameKey {
+    (tenant.to_string(), name.to_string())
 }
 
 impl AdapterStore {
@@ -51,22 +77,41 @@ impl AdapterStore {
             std::fs::create_dir_all(&path)?;
         }
         let mut index = HashMap::new();
-        for tenant in read_dirs(root)? {
-            let tenant_name = file_name(&tenant);
+        for tenant in disk::read_dirs(root)? {
+            let tenant_name = disk::file_name(&tenant);
             if tenant_name.starts_with('.') {
                 continue;
             }
-            for adapter in read_dirs(&tenant)? {
-                if let Some(entry) = load_entry(&adapter)? {
-                    index.insert((tenant_name.clone(), file_name(&adapter)), entry);
+            for adapter in disk::read_dirs(&tenant)? {
+                let name = disk::file_name(&adapter);
+                if name.starts_with('.') {
+                    continue;
+                }
+                if let Some(entry) = disk::load_entry(&adapter)? {
+                    index.insert((tenant_name.clone(), name), entry);
                 }
             }
         }
         Ok(AdapterStore {
             root: root.to_path_buf(),
             index: RwLock::new(index),
-            writer: tokio::sync::Mutex::new(()),
+            locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    async fn lock_name(&self, tenant: &str, name: &str) -> NameGuard<'_> {
+        let key = key(tenant, name);
+        let lock = self.locks.lock().entry(key.clone()).or_default().clone();
+        NameGuard {
+            store: self,
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// A fresh folder for an upload to be streamed into.
+    pub async fn stage(&self) -> Result<Staging, AdapterError> {
+        Staging::create(&self.root.join(".staging")).await
     }
 
     fn name_dir(&self, tenant: &str, name: &str) -> PathBuf {
@@ -81,14 +126,14 @@ impl AdapterStore {
     /// The served generation of an adapter.
     pub fn current(&self, tenant: &str, name: &str) -> Option<AdapterRecord> {
         let index = self.index.read();
-        let entry = index.get(&(tenant.to_string(), name.to_string()))?;
+        let entry = index.get(&key(tenant, name))?;
         entry.generations.get(&entry.current).cloned()
     }
 
     pub fn generations(&self, tenant: &str, name: &str) -> Vec<u64> {
         self.index
             .read()
-            .get(&(tenant.to_string(), name.to_string()))
+            .get(&key(tenant, name))
             .map(|entry| entry.generations.keys().copied().collect())
             .unwrap_or_default()
     }
@@ -159,16 +204,20 @@ impl AdapterStore {
         }
     }
 
-    /// Stores a new generation and makes it current, returning it and the
-    /// generation it replaced. `expected` is the generation being replaced
-    /// (0 or absent for a new name). `before_switch` runs once the files are
-    /// in place but before requests can see them (to load the adapter
-    /// first); if it fails, the new generation is discarded.
+    /// Stores a staged upload as a new generation and makes it current,
+    /// returning it and the generation it replaced. `expected` is the
+    /// generation being replaced (0 or absent for a new name).
+    /// `before_switch` runs once the files are in place but before requests
+    /// can see them (to load the adapter first); if it fails, the new
+    /// generation is discarded. Whatever fails, the staged folder is removed.
+    ///
+    /// Callers that must not be cut short by a client going away run this
+    /// on its own task.
     pub async fn put<F, Fut>(
         &self,
         mut record: AdapterRecord,
-        config: &[u8],
-        weights: &[u8],
+        mut staging: Staging,
+        config: Vec<u8>,
         expected: Option<u64>,
         before_switch: F,
     ) -> Result<(AdapterRecord, Option<AdapterRecord>), AdapterError>
@@ -176,63 +225,70 @@ impl AdapterStore {
         F: FnOnce(AdapterRecord) -> Fut,
         Fut: std::future::Future<Output = Result<(), AdapterError>>,
     {
-        let _writing = self.writer.lock().await;
-        self.check_expected(&record.tenant, &record.name, expected)?;
-        let replaced = self.current(&record.tenant, &record.name);
-        record.generation = self
+        let _name = self.lock_name(&record.tenant, &record.name).await;
+        let replaced = match self.check_expected(&record.tenant, &record.name, expected) {
+            Ok(_) => self.current(&record.tenant, &record.name),
+            Err(error) => {
+                staging.discard().await;
+                return Err(error);
+            }
+        };
+        let in_index = self
             .generations(&record.tenant, &record.name)
             .last()
             .copied()
-            .unwrap_or(0)
-            + 1;
-        let staging = self
-            .root
-            .join(".staging")
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::create_dir_all(&staging)?;
-        write_synced(&staging.join("adapter_config.json"), config)?;
-        write_synced(&staging.join("adapter_model.safetensors"), weights)?;
-        write_synced(
-            &staging.join("record.json"),
-            &serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?,
-        )?;
-        fsync_dir(&staging)?;
-        let name_dir = self.name_dir(&record.tenant, &record.name);
-        std::fs::create_dir_all(&name_dir)?;
+            .unwrap_or(0);
+        let (tenant_dir, name) = (self.root.join(&record.tenant), record.name.clone());
+        record.generation =
+            match blocking(move || disk::allocate_generation(&tenant_dir, &name, in_index)).await {
+                Ok(generation) => generation,
+                Err(error) => {
+                    staging.discard().await;
+                    return Err(error);
+                }
+            };
         let target = self.generation_dir(&record);
-        std::fs::rename(&staging, &target)?;
-        fsync_dir(&name_dir)?;
-        if let Err(error) = before_switch(record.clone()).await {
-            self.discard(&target)?;
-            if replaced.is_none() {
-                let _ = std::fs::remove_dir(&name_dir);
-            }
+        let (from, to, written) = (staging.dir().to_path_buf(), target.clone(), record.clone());
+        if let Err(error) =
+            blocking(move || disk::commit_generation(&from, &config, &written, &to)).await
+        {
+            staging.discard().await;
             return Err(error);
         }
-        self.point_current(&name_dir, record.generation)?;
+        staging.keep();
+        let name_dir = self.name_dir(&record.tenant, &record.name);
+        if let Err(error) = before_switch(record.clone()).await {
+            self.discard_generation(target, name_dir, replaced.is_none())
+                .await?;
+            return Err(error);
+        }
+        let dir = name_dir.clone();
+        let generation = record.generation;
+        blocking(move || disk::point_current(&dir, generation)).await?;
         let mut index = self.index.write();
-        let entry = index
-            .entry((record.tenant.clone(), record.name.clone()))
-            .or_default();
+        let entry = index.entry(key(&record.tenant, &record.name)).or_default();
         entry.generations.insert(record.generation, record.clone());
         entry.current = record.generation;
         Ok((record, replaced))
     }
 
-    fn point_current(&self, name_dir: &Path, generation: u64) -> std::io::Result<()> {
-        let temporary = name_dir.join(format!(".CURRENT.{}", uuid::Uuid::new_v4().simple()));
-        write_synced(&temporary, generation.to_string().as_bytes())?;
-        std::fs::rename(&temporary, name_dir.join("CURRENT"))?;
-        fsync_dir(name_dir)
-    }
-
-    fn discard(&self, path: &Path) -> std::io::Result<()> {
-        let trash = self
-            .root
-            .join(".trash")
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::rename(path, &trash)?;
-        std::fs::remove_dir_all(&trash)
+    /// Removes a generation that never became current (and the name's
+    /// folder when it was the name's first).
+    async fn discard_generation(
+        &self,
+        target: PathBuf,
+        name_dir: PathBuf,
+        first: bool,
+    ) -> Result<(), AdapterError> {
+        let trash = self.root.join(".trash");
+        blocking(move || {
+            disk::discard(&trash, &target)?;
+            if first {
+                let _ = std::fs::remove_dir(&name_dir);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Makes the previous generation current and discards the newer one.
@@ -242,12 +298,12 @@ impl AdapterStore {
         name: &str,
         expected: Option<u64>,
     ) -> Result<(AdapterRecord, AdapterRecord), AdapterError> {
-        let _writing = self.writer.lock().await;
+        let _name = self.lock_name(tenant, name).await;
         let current = self.current_if(tenant, name, expected)?;
         let previous = self
             .index
             .read()
-            .get(&(tenant.to_string(), name.to_string()))
+            .get(&key(tenant, name))
             .and_then(|entry| {
                 entry
                     .generations
@@ -256,88 +312,38 @@ impl AdapterStore {
                     .map(|(_, r)| r.clone())
             })
             .ok_or_else(|| AdapterError::NoPreviousGeneration(name.to_string()))?;
-        let name_dir = self.name_dir(tenant, name);
-        self.point_current(&name_dir, previous.generation)?;
-        self.discard(&self.generation_dir(&current))?;
+        let (name_dir, undone) = (self.name_dir(tenant, name), self.generation_dir(&current));
+        let (trash, generation) = (self.root.join(".trash"), previous.generation);
+        blocking(move || {
+            disk::point_current(&name_dir, generation)?;
+            disk::discard(&trash, &undone)
+        })
+        .await?;
         let mut index = self.index.write();
-        if let Some(entry) = index.get_mut(&(tenant.to_string(), name.to_string())) {
+        if let Some(entry) = index.get_mut(&key(tenant, name)) {
             entry.generations.remove(&current.generation);
             entry.current = previous.generation;
         }
         Ok((previous, current))
     }
 
-    /// Deletes every generation of an adapter; returns them.
+    /// Deletes every generation of an adapter; returns them. The name's
+    /// high-water mark stays, so a later upload under the same name
+    /// continues its numbering.
     pub async fn delete(
         &self,
         tenant: &str,
         name: &str,
         expected: Option<u64>,
     ) -> Result<Vec<AdapterRecord>, AdapterError> {
-        let _writing = self.writer.lock().await;
+        let _name = self.lock_name(tenant, name).await;
         self.current_if(tenant, name, expected)?;
-        self.discard(&self.name_dir(tenant, name))?;
-        let removed = self
-            .index
-            .write()
-            .remove(&(tenant.to_string(), name.to_string()));
+        let (trash, name_dir) = (self.root.join(".trash"), self.name_dir(tenant, name));
+        blocking(move || disk::discard(&trash, &name_dir)).await?;
+        let removed = self.index.write().remove(&key(tenant, name));
         Ok(removed
             .map(|entry| entry.generations.into_values().collect())
             .unwrap_or_default())
-    }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn read_dirs(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut dirs = Vec::new();
-    for entry in std::fs::read_dir(path)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            dirs.push(entry.path());
-        }
-    }
-    Ok(dirs)
-}
-
-/// Reads one adapter's generations; a folder without a valid CURRENT, or
-/// whose CURRENT names a missing generation, is ignored (and logged).
-fn load_entry(dir: &Path) -> std::io::Result<Option<NameEntry>> {
-    let mut entry = NameEntry::default();
-    for generation in read_dirs(dir)? {
-        let Ok(number) = file_name(&generation).parse::<u64>() else {
-            continue;
-        };
-        let Ok(bytes) = std::fs::read(generation.join("record.json")) else {
-            continue;
-        };
-        match serde_json::from_slice::<AdapterRecord>(&bytes) {
-            Ok(record) if record.generation == number => {
-                entry.generations.insert(number, record);
-            }
-            _ => {
-                tracing::warn!(path = %generation.display(), "ignoring an unreadable adapter generation")
-            }
-        }
-    }
-    let current = std::fs::read_to_string(dir.join("CURRENT"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    match current {
-        Some(current) if entry.generations.contains_key(&current) => {
-            entry.current = current;
-            Ok(Some(entry))
-        }
-        _ => {
-            if !entry.generations.is_empty() {
-                tracing::warn!(path = %dir.display(), "adapter has no valid CURRENT; ignored");
-            }
-            Ok(None)
-        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Everything checked before an adapter is stored: a PEFT LoRA config that
-//! mistral.rs 0.8.1 applies faithfully, and tensors whose names, shapes and
-//! dtypes fit the base model.
+//! mistral.rs 0.8.1 applies faithfully (field by field in `peft`), and
+//! tensors whose names, shapes and dtypes fit the base model and whose
+//! values are all finite.
+
+mod peft;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -10,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::AdapterError;
+use super::staging::Received;
 
 /// Shapes of the base model, from its `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,31 +83,6 @@ pub const KNOWN_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
-/// Options peft writes that mistral.rs 0.8.1 would ignore, silently giving
-/// a different model than the one trained: refused when set.
-const UNSUPPORTED_OPTIONS: [&str; 8] = [
-    "use_dora",
-    "use_rslora",
-    "rank_pattern",
-    "alpha_pattern",
-    "fan_in_fan_out",
-    "modules_to_save",
-    "layers_to_transform",
-    "lora_bias",
-];
-
-/// Set means: true, a non-empty string/array/object, or a number.
-fn is_set(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(flag) => *flag,
-        Value::String(text) => !text.is_empty(),
-        Value::Array(items) => !items.is_empty(),
-        Value::Object(map) => !map.is_empty(),
-        Value::Number(_) => true,
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedAdapter {
     pub rank: usize,
@@ -148,15 +127,8 @@ fn parse_config(config: &[u8], limits: &Limits) -> Result<(usize, f64, Vec<Strin
             ));
         }
     }
-    for option in UNSUPPORTED_OPTIONS {
-        if config.get(option).is_some_and(is_set) {
-            return Err(invalid(
-                "adapter_config",
-                format!(
-                    "`{option}` is set, but the engine (mistral.rs 0.8.1) would ignore it and serve a different model"
-                ),
-            ));
-        }
+    if let Some(why) = config.as_object().and_then(peft::refused_option) {
+        return Err(invalid("adapter_config", why));
     }
     let rank = config
         .get("r")
@@ -230,6 +202,56 @@ pub fn validate(
             limit: limits.max_bytes,
         });
     }
+    let checked = check(config, weights, base, limits)?;
+    Ok(checked.with(hex::encode(Sha256::digest(weights)), weights.len() as u64))
+}
+
+/// Validates an upload whose weights were streamed to `weights` (already
+/// size-capped and hashed on the way: `received`). Blocks: reads the file.
+pub fn validate_file(
+    config: &[u8],
+    weights: &Path,
+    received: &Received,
+    base: &BaseShape,
+    limits: &Limits,
+) -> Result<ValidatedAdapter, AdapterError> {
+    let file = std::fs::File::open(weights)?;
+    // SAFETY: the file is in this upload's private staging folder, written
+    // and fsynced by this process, and nothing writes to it while mapped.
+    let mapped = unsafe { memmap2::Mmap::map(&file)? };
+    if mapped.len() as u64 != received.size {
+        return Err(AdapterError::Io(std::io::Error::other(
+            "the staged weights changed size after upload",
+        )));
+    }
+    let checked = check(config, &mapped, base, limits)?;
+    Ok(checked.with(received.sha256.clone(), received.size))
+}
+
+struct Checked {
+    rank: usize,
+    alpha: f64,
+    target_modules: Vec<String>,
+}
+
+impl Checked {
+    fn with(self, sha256: String, size_bytes: u64) -> ValidatedAdapter {
+        ValidatedAdapter {
+            rank: self.rank,
+            alpha: self.alpha,
+            target_modules: self.target_modules,
+            sha256,
+            size_bytes,
+        }
+    }
+}
+
+fn check(
+    config: &[u8],
+    weights: &[u8],
+    base: &BaseShape,
+    limits: &Limits,
+) -> Result<Checked, AdapterError> {
     let (rank, alpha, targets) = parse_config(config, limits)?;
     let tensors = SafeTensors::deserialize(weights).map_err(|e| {
         invalid(
@@ -246,8 +268,11 @@ pub fn validate(
             expected.insert(format!("{prefix}.lora_B.weight"), vec![output, rank]);
         }
     }
-    for (name, view) in tensors.tensors() {
-        let Some(shape) = expected.get(&name) else {
+    let mut views = tensors.tensors();
+    // Names in order, so the first problem reported is the same every time.
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in &views {
+        let Some(shape) = expected.get(name) else {
             return Err(invalid(
                 "adapter_model",
                 format!(
@@ -274,21 +299,49 @@ pub fn validate(
                 ),
             ));
         }
+        if let Some(position) = first_non_finite(view.dtype(), view.data()) {
+            return Err(invalid(
+                "adapter_model",
+                format!(
+                    "tensor `{name}` holds a non-finite value (NaN or infinity) at element {position}; the engine would merge it into the base weights"
+                ),
+            ));
+        }
     }
-    let present: BTreeSet<String> = tensors.names().into_iter().map(str::to_string).collect();
-    if let Some(missing) = expected.keys().find(|name| !present.contains(*name)) {
+    let present: BTreeSet<&str> = views.iter().map(|(name, _)| name.as_str()).collect();
+    let mut missing: Vec<&String> = expected
+        .keys()
+        .filter(|name| !present.contains(name.as_str()))
+        .collect();
+    missing.sort();
+    if let Some(missing) = missing.first() {
         return Err(invalid(
             "adapter_model",
             format!("tensor `{missing}` is missing"),
         ));
     }
-    Ok(ValidatedAdapter {
+    Ok(Checked {
         rank,
         alpha,
         target_modules: targets,
-        sha256: hex::encode(Sha256::digest(weights)),
-        size_bytes: weights.len() as u64,
     })
+}
+
+/// Index of the first NaN or infinity in little-endian `data` of a float
+/// dtype: its exponent bits all ones.
+fn first_non_finite(dtype: Dtype, data: &[u8]) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => data.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -3,23 +3,21 @@
 //! replacement names the generation it replaces (`If-Match` or the
 //! `expected_generation` field); a mismatch is 409.
 
+mod form;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::adapters::validate::validate;
-use crate::adapters::{AdapterError, AdapterRecord, valid_name};
+use crate::adapters::validate::validate_file;
+use crate::adapters::{AdapterError, AdapterRecord, Staging, valid_name};
 use crate::app::AppState;
 use crate::auth::AdminCaller;
 use crate::error::{ApiError, ErrorResponse};
-
-/// Largest accepted `adapter_config.json`.
-const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
 /// An adapter as the admin API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,114 +101,6 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
     (header::ETAG, format!("\"{generation}\""))
 }
 
-async fn read_field(
-    field: &mut actix_multipart::Field,
-    limit: u64,
-    too_large: impl Fn() -> ApiError,
-) -> Result<Vec<u8>, ApiError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = field
-        .try_next()
-        .await
-        .map_err(|e| ApiError::Upload(e.to_string()))?
-    {
-        if (bytes.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
-}
-
-struct Upload {
-    name: String,
-    config: Vec<u8>,
-    weights: Vec<u8>,
-    expected: Option<u64>,
-    shared: bool,
-}
-
-async fn read_upload(mut form: Multipart, max_bytes: u64) -> Result<Upload, ApiError> {
-    let (mut name, mut config, mut weights, mut expected) = (None, None, None, None);
-    let mut shared = false;
-    while let Some(mut field) = form
-        .try_next()
-        .await
-        .map_err(|e| ApiError::Upload(e.to_string()))?
-    {
-        let field_name = field.name().unwrap_or_default().to_string();
-        match field_name.as_str() {
-            "name" => {
-                let bytes = read_field(&mut field, 256, || {
-                    ApiError::Upload("`name` is too long".into())
-                })
-                .await?;
-                name = Some(
-                    String::from_utf8(bytes)
-                        .map_err(|_| ApiError::Upload("`name` must be UTF-8".into()))?,
-                );
-            }
-            "expected_generation" => {
-                let bytes = read_field(&mut field, 32, || {
-                    ApiError::Upload("`expected_generation` is too long".into())
-                })
-                .await?;
-                let text = String::from_utf8_lossy(&bytes).trim().to_string();
-                expected = Some(text.parse::<u64>().map_err(|_| {
-                    ApiError::Upload(format!(
-                        "`expected_generation` must be a number, got `{text}`"
-                    ))
-                })?);
-            }
-            "shared" => {
-                let bytes = read_field(&mut field, 8, || {
-                    ApiError::Upload("`shared` must be true or false".into())
-                })
-                .await?;
-                shared = match String::from_utf8_lossy(&bytes).trim() {
-                    "true" => true,
-                    "false" => false,
-                    other => {
-                        return Err(ApiError::Upload(format!(
-                            "`shared` must be true or false, got `{other}`"
-                        )));
-                    }
-                };
-            }
-            "adapter_config" => {
-                let limit = MAX_CONFIG_BYTES as u64;
-                config = Some(
-                    read_field(&mut field, limit, || {
-                        AdapterError::TooLarge { limit }.into()
-                    })
-                    .await?,
-                );
-            }
-            "adapter_model" => {
-                weights = Some(
-                    read_field(&mut field, max_bytes, || {
-                        AdapterError::TooLarge { limit: max_bytes }.into()
-                    })
-                    .await?,
-                );
-            }
-            other => {
-                return Err(ApiError::Upload(format!(
-                    "unexpected form field `{other}`; send name, adapter_config, adapter_model and optionally expected_generation and shared"
-                )));
-            }
-        }
-    }
-    let missing = |field: &str| ApiError::Upload(format!("the form field `{field}` is missing"));
-    Ok(Upload {
-        name: name.ok_or_else(|| missing("name"))?,
-        config: config.ok_or_else(|| missing("adapter_config"))?,
-        weights: weights.ok_or_else(|| missing("adapter_model"))?,
-        expected,
-        shared,
-    })
-}
-
 /// Uploads an adapter (or a new generation of one) for a tenant.
 #[utoipa::path(
     post,
@@ -240,9 +130,54 @@ pub async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = path.into_inner();
     known_tenant(&state, &tenant)?;
-    let base = state.base_shape.ok_or(AdapterError::Unsupported)?;
+    state.base_shape.ok_or(AdapterError::Unsupported)?;
     let header_expectation = if_match(&request)?;
-    let upload = read_upload(form, state.adapter_limits.max_bytes).await?;
+    let engine = state.engine()?;
+    let staging = state.store.stage().await?;
+    let (record, config, expected) = match prepare(&state, &tenant, form, &staging).await {
+        Ok((record, config, expected)) => (record, config, header_expectation.or(expected)),
+        Err(error) => {
+            staging.discard().await;
+            return Err(error);
+        }
+    };
+    let (store, residency) = (state.store.clone(), state.residency.clone());
+    let (warm, warm_engine) = (state.warm_on_upload, engine.clone());
+    // The store's part runs on its own task: a client that goes away
+    // mid-load cannot leave a generation half switched.
+    let stored = tokio::spawn(async move {
+        store
+            .put(record, staging, config, expected, |record| async move {
+                if warm {
+                    residency.acquire(warm_engine, &record).await.map(drop)
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    });
+    let (stored, replaced) = stored.await.map_err(ApiError::engine)??;
+    if let Some(previous) = replaced {
+        // New requests already reach the new generation; the old one goes
+        // once its last request finishes.
+        state.residency.retire(&engine, &previous);
+    }
+    let generation = stored.generation;
+    Ok(HttpResponse::Created()
+        .insert_header(etag(generation))
+        .json(info(&state, stored)))
+}
+
+/// Reads the form (the weights into `staging`) and validates it; returns
+/// the record to store, the config and the form's `expected_generation`.
+async fn prepare(
+    state: &AppState,
+    tenant: &str,
+    form: Multipart,
+    staging: &Staging,
+) -> Result<(AdapterRecord, Vec<u8>, Option<u64>), ApiError> {
+    let base = state.base_shape.ok_or(AdapterError::Unsupported)?;
+    let upload = form::read_upload(form, staging, state.adapter_limits.max_bytes).await?;
     if !valid_name(&upload.name) {
         return Err(ApiError::invalid(
             "name",
@@ -255,18 +190,15 @@ pub async fn upload(
             "An adapter cannot take the base model's name.",
         ));
     }
-    let limits = crate::adapters::validate::Limits {
-        ..state.adapter_limits
-    };
-    let (config, weights) = (upload.config, upload.weights);
-    let checked = web::block(move || {
-        validate(&config, &weights, &base, &limits).map(|v| (v, config, weights))
+    let limits = state.adapter_limits;
+    let (config, weights, received) = (upload.config, staging.weights_path(), upload.weights);
+    let (validated, config) = web::block(move || {
+        validate_file(&config, &weights, &received, &base, &limits).map(|v| (v, config))
     })
     .await
     .map_err(ApiError::engine)??;
-    let (validated, config, weights) = checked;
     let record = AdapterRecord {
-        tenant: tenant.clone(),
+        tenant: tenant.to_string(),
         name: upload.name,
         generation: 0,
         rank: validated.rank,
@@ -280,34 +212,7 @@ pub async fn upload(
             .unwrap_or(0),
         shared: upload.shared,
     };
-    let engine = state.engine()?;
-    let warm = state.warm_on_upload;
-    let (residency, warm_engine) = (state.residency.clone(), engine.clone());
-    let (stored, replaced) = state
-        .store
-        .put(
-            record,
-            &config,
-            &weights,
-            header_expectation.or(upload.expected),
-            |record| async move {
-                if warm {
-                    residency.acquire(warm_engine, &record).await.map(drop)
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-    if let Some(previous) = replaced {
-        // New requests already reach the new generation; the old one goes
-        // once its last request finishes.
-        state.residency.retire(&engine, &previous);
-    }
-    let generation = stored.generation;
-    Ok(HttpResponse::Created()
-        .insert_header(etag(generation))
-        .json(info(&state, stored)))
+    Ok((record, config, upload.expected))
 }
 
 /// Lists a tenant's adapters (their current generations).

@@ -7,11 +7,12 @@ pub mod process;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use loragate::config::Config;
+use loragate::engine::Engine;
 
 pub const MODEL: &str = "tiny";
 
@@ -73,6 +74,16 @@ impl TestServer {
     }
 
     pub fn with_toml(extra: &str, overrides: &[(&str, &str)]) -> TestServer {
+        TestServer::with_engine(extra, overrides, |engine| engine)
+    }
+
+    /// Like `with_toml`, with the loaded engine passed through `wrap` (to
+    /// observe or hold up what the gateway asks of it).
+    pub fn with_engine(
+        extra: &str,
+        overrides: &[(&str, &str)],
+        wrap: impl FnOnce(Arc<dyn Engine>) -> Arc<dyn Engine> + Send + 'static,
+    ) -> TestServer {
         let adapters = (!overrides.iter().any(|(key, _)| *key == "adapters.dir"))
             .then(|| tempfile::tempdir().expect("adapter store"));
         let mut environment: Vec<(String, String)> = overrides
@@ -105,7 +116,7 @@ impl TestServer {
                 let engine = loragate::server::load_engine(&config.model, counter)
                     .await
                     .expect("tiny model loads");
-                running.state.install_engine(engine);
+                running.state.install_engine(wrap(engine));
                 sender
                     .send((running.addresses[0], running.server.handle()))
                     .expect("report address");
