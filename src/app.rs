@@ -1,7 +1,9 @@
 //! Application assembly. Every request passes, outermost first:
 //! 1. `x-request-id`: echoes the caller's id or assigns one, on every response;
 //! 2. HTTP metrics, labelled by route pattern;
-//! 3. routing: unknown paths get a 404 and wrong methods a 405, both in
+//! 3. open mode (authentication off only): loopback `Host` and `Origin`, see
+//!    `auth::open_mode` (403 otherwise);
+//! 4. routing: unknown paths get a 404 and wrong methods a 405, both in
 //!    OpenAI's error envelope.
 //!
 //! Authentication is not a layer: each handler names the caller it needs in
@@ -63,7 +65,8 @@ impl AppState {
         metrics.prime(&tenants);
         if !config.auth.enabled {
             tracing::warn!(
-                "authentication is disabled: every caller is the anonymous tenant and an admin"
+                open_admin = config.auth.allow_open_admin,
+                "authentication is disabled: every caller is the anonymous tenant; only loopback Host and Origin are served"
             );
         }
         let store = Arc::new(AdapterStore::open(&config.adapters.dir).map_err(|e| {
@@ -181,6 +184,7 @@ pub fn create_app(
         .app_data(state)
         .app_data(metrics)
         .app_data(web::Data::new(BodyLimit(body_limit)))
+        .wrap(from_fn(crate::auth::open_mode::guard))
         .wrap(from_fn(crate::metrics::track_http))
         .wrap(from_fn(request_id))
         .service(resource(

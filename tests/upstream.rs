@@ -37,6 +37,7 @@ context_length = 4096
 {path}
 [auth]
 enabled = false
+allow_open_admin = true
 [logging]
 level = "error"
 [adapters]
