@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{MODEL, TestServer, chat_body, client, tiny_adapter, tiny_model_dir};
@@ -239,4 +240,58 @@ fn open_mode_on_a_public_bind_is_refused_at_start_up() {
         let (ok, stderr) = check_config(&config_with(server, auth), &[]);
         assert!(ok, "{server} {auth}: {stderr}");
     }
+}
+
+/// A value from deploy/kubernetes/base/secret.yaml (`KEY: "value"`).
+fn shipped_secret(key: &str) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/secret.yaml");
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{key}:")))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("{key} in secret.yaml"))
+}
+
+#[test]
+fn placeholder_secrets_are_refused_at_start_up() {
+    let jwt = "[auth]\nenabled = true\n[auth.jwt]\nalgorithms = [\"HS256\"]\nhs256_secret_env = \"LORAGATE_JWT_SECRET\"\nissuer = \"i\"\naudience = \"a\"\n";
+    let config = config_with("bind = \"127.0.0.1:8080\"", jwt);
+    let placeholders = [
+        shipped_secret("LORAGATE_JWT_SECRET"),
+        // What the Secret shipped before: a JWT signed with it got admin.
+        "REPLACE-ME-with-at-least-32-random-bytes-0000".to_string(),
+        "please-change-me-before-you-deploy-this-gateway".to_string(),
+        "x".repeat(48),
+    ];
+    for secret in &placeholders {
+        let (ok, stderr) = check_config(&config, &[("LORAGATE_JWT_SECRET", secret)]);
+        assert!(!ok, "{secret} must be refused");
+        assert!(
+            stderr.contains("auth.jwt.hs256_secret_env") && stderr.contains("LORAGATE_JWT_SECRET"),
+            "names the key and the variable: {stderr}"
+        );
+        assert!(
+            !stderr.contains(secret.as_str()),
+            "never prints the secret: {stderr}"
+        );
+    }
+    let random = loragate::auth::keys::generate_key();
+    let (ok, stderr) = check_config(&config, &[("LORAGATE_JWT_SECRET", &random)]);
+    assert!(ok, "a random secret is accepted: {stderr}");
+
+    let metrics = format!(
+        "{}[metrics]\nbearer_token_env = \"LORAGATE_METRICS_TOKEN\"\n",
+        config_with("bind = \"127.0.0.1:8080\"", "")
+    );
+    let (ok, stderr) = check_config(
+        &metrics,
+        &[(
+            "LORAGATE_METRICS_TOKEN",
+            &shipped_secret("LORAGATE_METRICS_TOKEN"),
+        )],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("metrics.bearer_token_env"), "{stderr}");
+    let (ok, stderr) = check_config(&metrics, &[("LORAGATE_METRICS_TOKEN", &random)]);
+    assert!(ok, "{stderr}");
 }
