@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);
     let dtype = args.get(3).map(String::as_str).unwrap_or("f32");
     let text = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[model]\nserved_name = \"base\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"{dtype}\"\n[adapters]\ndir = \"{}\"\nmax_resident = 1\n[auth]\nenabled = false\n[logging]\nlevel = \"error\"\n",
+        "[server]\nbind = \"127.0.0.1:0\"\n[model]\nserved_name = \"base\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"{dtype}\"\n[adapters]\ndir = \"{}\"\nmax_resident = 1\n[auth]\nenabled = false\nallow_open_admin = true\n[logging]\nlevel = \"error\"\n",
         base_dir.display(),
         scratch.path().join("store").display(),
     );

@@ -16,6 +16,7 @@ and, last, `N passed, M failed`; exits 1 on any failure.
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -254,6 +255,7 @@ def check_compose(grafana_dashboards_path):
                for sc in job.get("static_configs", []) for t in sc["targets"]]
     check("prometheus.yml scrapes the gateway service every 15s",
           f"gateway:{PORT}" in targets and prom_config["global"]["scrape_interval"] == "15s", str(targets))
+    check_compose_scrape_token(compose, gateway, prom, prom_config)
     try:
         gpu = yaml.safe_load((DEPLOY / "docker-compose.gpu.yml").read_text())
         g = gpu["services"]["gateway"]
@@ -262,6 +264,26 @@ def check_compose(grafana_dashboards_path):
               (ROOT / g["build"]["dockerfile"]).is_file() and devices[0]["driver"] == "nvidia")
     except Exception as e:  # noqa: BLE001
         check("GPU compose override parses", False, str(e))
+
+
+def check_compose_scrape_token(compose, gateway, prom, prom_config):
+    """/metrics needs the token named in container.toml; the gateway gets it
+    from the environment and Prometheus the same value as a secret file."""
+    container = tomllib.loads((DEPLOY / "config" / "container.toml").read_text())
+    variable = container.get("metrics", {}).get("bearer_token_env")
+    check("container.toml: authentication on, /metrics behind metrics.bearer_token_env",
+          container.get("auth", {}).get("enabled") is True and bool(variable), str(variable))
+    env = gateway.get("environment", {})
+    check(f"compose gateway gets {variable} and admin key hashes from the environment",
+          variable in env and "LORAGATE__AUTH__ADMIN_API_KEYS" in env, str(list(env)))
+    secrets = compose.get("secrets") or {}
+    from_env = [name for name, s in secrets.items() if s.get("environment") == variable]
+    mounted = [name for name in prom.get("secrets", []) if name in from_env]
+    job = next((j for j in prom_config["scrape_configs"] if j["job_name"] == "loragate"), {})
+    credentials = job.get("authorization", {}).get("credentials_file", "")
+    check("Prometheus scrapes the gateway with the same token (a compose secret from that variable)",
+          bool(mounted) and credentials == f"/run/secrets/{mounted[0]}"
+          and job.get("authorization", {}).get("type", "Bearer") == "Bearer", f"{mounted} {credentials}")
 
 
 # ---------------------------------------------------------------- Dockerfiles
@@ -370,6 +392,18 @@ def check_k8s_set(label, docs):
               sel and all(labels.get(k) == v for k, v in sel.items()), str(sel))
         check(f"k8s {label}: Service targets the http port",
               all(p.get("targetPort") in ("http", PORT) for p in svc["spec"]["ports"]))
+    # /metrics needs the token named in the ConfigMap; the pod and the
+    # ServiceMonitor read it from the same Secret key.
+    config_toml = tomllib.loads(cm.get("data", {}).get(Path(config_path).name, "") or "")
+    variable = config_toml.get("metrics", {}).get("bearer_token_env", "")
+    token_ref = env.get(variable, {}).get("valueFrom", {}).get("secretKeyRef", {})
+    token_secret = secrets.get(token_ref.get("name"), {})
+    check(f"k8s {label}: /metrics needs a token ({variable or 'metrics.bearer_token_env unset'}) from a Secret that has it",
+          bool(variable) and token_ref.get("key") in {**token_secret.get("stringData", {}), **token_secret.get("data", {})},
+          str(token_ref))
+    annotations = pod["metadata"].get("annotations", {}) or {}
+    check(f"k8s {label}: no prometheus.io/scrape annotation (it cannot send the token)",
+          "prometheus.io/scrape" not in annotations, str(annotations))
     for sm in by_kind(docs, "ServiceMonitor"):
         match = sm["spec"]["selector"].get("matchLabels", {})
         services = [s for s in by_kind(docs, "Service")
@@ -378,6 +412,12 @@ def check_k8s_set(label, docs):
         check(f"k8s {label}: ServiceMonitor selects a Service and scrapes /metrics on its port",
               bool(services) and all(e.get("port") in port_names and e.get("path", "/metrics") == "/metrics"
                                       for e in sm["spec"]["endpoints"]), str(match))
+        auth = [e.get("authorization", {}) for e in sm["spec"]["endpoints"]]
+        check(f"k8s {label}: ServiceMonitor sends the pod's scrape token from the same Secret key",
+              all(a.get("type", "Bearer") == "Bearer"
+                  and a.get("credentials", {}).get("name") == token_ref.get("name")
+                  and a.get("credentials", {}).get("key") == token_ref.get("key") for a in auth) and bool(auth),
+              str(auth))
     # For `loragate check-config` in check-deploy.sh: the config and the env.
     lines = []
     for name, e in env.items():

@@ -8,7 +8,10 @@
 #     metadata, compose file, Dockerfiles, Kubernetes manifests (rendered with
 #     `kubectl kustomize` when kubectl is installed, else as written);
 #   - `loragate check-config` on every configuration shipped in deploy/ with the
-#     environment its deployment sets (when a built gateway binary exists).
+#     environment its deployment sets (when a built gateway binary exists):
+#     refused as shipped where the deployment must supply secrets (the
+#     Kubernetes Secret's placeholders, compose without a scrape token), and
+#     accepted once real random values are supplied.
 # Installs promtool (Debian package `prometheus`) and PyYAML (project venv) if
 # missing. Idempotent. Prints `N passed, M failed` last; exits 1 on failure.
 set -euo pipefail
@@ -24,6 +27,12 @@ run_check() { # NAME COMMAND...: one check, output shown only on failure
   local name=$1 out; shift
   if out=$("$@" 2>&1); then ok "$name"; else fail "$name"; printf '%s\n' "$out" | sed 's/^/     /'; fi
 }
+run_refused() { # NAME PATTERN COMMAND...: passes when COMMAND fails saying PATTERN
+  local name=$1 pattern=$2 out; shift 2
+  if out=$("$@" 2>&1); then fail "$name (was accepted)"
+  elif grep -q -- "$pattern" <<<"$out"; then ok "$name"
+  else fail "$name (refused for another reason)"; printf '%s\n' "$out" | sed 's/^/     /'; fi
+}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -34,8 +43,15 @@ PY="$LORAGATE_VENV/bin/python"
 bash scripts/python-env.sh
 
 # ---- Prometheus ----------------------------------------------------------------
-run_check "promtool check config deploy/prometheus/prometheus.yml" \
-  promtool check config deploy/prometheus/prometheus.yml
+# promtool insists that the scrape token's credentials_file exists; compose
+# mounts it at run time, so check a copy that points at a stand-in file.
+mkdir -p "$work/prometheus"
+cp deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml "$work/prometheus/"
+echo stand-in > "$work/prometheus/token"
+sed -i "s|credentials_file: /run/secrets/loragate_metrics_token|credentials_file: $work/prometheus/token|" \
+  "$work/prometheus/prometheus.yml"
+run_check "promtool check config deploy/prometheus/prometheus.yml (token file stood in)" \
+  promtool check config "$work/prometheus/prometheus.yml"
 run_check "promtool check rules deploy/prometheus/alerts.yml" \
   promtool check rules deploy/prometheus/alerts.yml
 run_check "promtool test rules deploy/prometheus/alerts.test.yml (every alert fires and stays quiet as intended)" \
@@ -100,14 +116,29 @@ if [ -x "$bin" ]; then
     run_check "loragate check-config: $name" \
       env "$@" LORAGATE__MODEL__PATH="$work/model.gguf" "$work/loragate" check-config --config "$config"
   }
-  check_config "deploy/config/container.toml (compose environment)" deploy/config/container.toml \
-    LORAGATE__SERVER__BIND=0.0.0.0:8080 LORAGATE__REDIS__URL=redis://redis:6379/0
+  refused_config() { # NAME PATTERN CONFIG [NAME=VALUE...]
+    local name=$1 pattern=$2 config=$3; shift 3
+    run_refused "loragate check-config refuses $name" "$pattern" \
+      env "$@" LORAGATE__MODEL__PATH="$work/model.gguf" "$work/loragate" check-config --config "$config"
+  }
+  random() { "$PY" -c 'import secrets; print(secrets.token_hex(32))'; }
+  compose_env=(LORAGATE__SERVER__BIND=0.0.0.0:8080 LORAGATE__REDIS__URL=redis://redis:6379/0)
+  refused_config "deploy/config/container.toml without a scrape token" "metrics.bearer_token_env" \
+    deploy/config/container.toml "${compose_env[@]}" LORAGATE_METRICS_TOKEN=
+  check_config "deploy/config/container.toml (compose environment, real token and admin hash)" \
+    deploy/config/container.toml "${compose_env[@]}" LORAGATE_METRICS_TOKEN="$(random)" \
+    LORAGATE__AUTH__ADMIN_API_KEYS="[\"sha256:$(random)\"]"
   for label in base gpu; do
     [ -s "$work/k8s-$label.toml" ] || { fail "no ConfigMap config extracted for $label"; continue; }
     mapfile -t envs < "$work/k8s-$label.env"
     # A CPU binary refuses device = cuda; everything else is checked as deployed.
-    check_config "Kubernetes $label ConfigMap + Deployment env + Secret" "$work/k8s-$label.toml" \
-      "${envs[@]}" LORAGATE__MODEL__DEVICE=cpu
+    refused_config "Kubernetes $label with the Secret's placeholders" "LORAGATE_JWT_SECRET" \
+      "$work/k8s-$label.toml" "${envs[@]}" LORAGATE__MODEL__DEVICE=cpu
+    refused_config "Kubernetes $label with the Secret's placeholder scrape token" "LORAGATE_METRICS_TOKEN" \
+      "$work/k8s-$label.toml" "${envs[@]}" LORAGATE_JWT_SECRET="$(random)" LORAGATE__MODEL__DEVICE=cpu
+    check_config "Kubernetes $label ConfigMap + Deployment env + Secret with real values" "$work/k8s-$label.toml" \
+      "${envs[@]}" LORAGATE_JWT_SECRET="$(random)" LORAGATE_METRICS_TOKEN="$(random)" \
+      LORAGATE__AUTH__ADMIN_API_KEYS="[\"sha256:$(random)\"]" LORAGATE__MODEL__DEVICE=cpu
   done
 else
   skip "no gateway binary at $bin: configs not checked with loragate check-config (run scripts/test.sh once)"

@@ -1,17 +1,22 @@
 //! Application assembly. Every request passes, outermost first:
 //! 1. `x-request-id`: echoes the caller's id or assigns one, on every response;
 //! 2. HTTP metrics, labelled by route pattern;
-//! 3. routing: unknown paths get a 404 and wrong methods a 405, both in
+//! 3. listener scope: with `metrics.bind`, that listener serves only
+//!    `/metrics` and the main one everything else (404 otherwise);
+//! 4. open mode (authentication off only): loopback `Host` and `Origin`, see
+//!    `auth::open_mode` (403 otherwise);
+//! 5. routing: unknown paths get a 404 and wrong methods a 405, both in
 //!    OpenAI's error envelope.
 //!
 //! Authentication is not a layer: each handler names the caller it needs in
 //! its extractor (`TenantCaller`, `AdminCaller`, see `auth`). Unauthenticated
-//! routes: `/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`.
+//! routes: `/health`, `/ready`, `/metrics` (unless `metrics.bearer_token_env`
+//! gives it a token), `/openapi.json`, `/docs`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
@@ -20,6 +25,7 @@ use actix_web::{App, HttpRequest, HttpServer, Route, web};
 use crate::adapters::validate::{BaseShape, Limits as AdapterLimits};
 use crate::adapters::{AdapterStore, Residency};
 use crate::api::extract::BodyLimit;
+use crate::api::health::MetricsAccess;
 use crate::api::{admin, admin_adapters, chat, health, models, openapi};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -65,7 +71,15 @@ impl AppState {
         metrics.prime(&tenants);
         if !config.auth.enabled {
             tracing::warn!(
-                "authentication is disabled: every caller is the anonymous tenant and an admin"
+                open_admin = config.auth.allow_open_admin,
+                "authentication is disabled: every caller is the anonymous tenant; only loopback Host and Origin are served"
+            );
+        }
+        let scraped_at = config.metrics.bind.unwrap_or(config.server.bind);
+        if config.metrics.bearer_token.is_none() && !scraped_at.ip().is_loopback() {
+            tracing::warn!(
+                address = %scraped_at,
+                "/metrics names every tenant and is served without a token on a non-loopback address; set metrics.bearer_token_env"
             );
         }
         let store = Arc::new(AdapterStore::open(&config.adapters.dir).map_err(|e| {
@@ -167,9 +181,34 @@ async fn request_id(
     Ok(response)
 }
 
+/// With a metrics listener of its own, it serves `/metrics` alone, and the
+/// public listener does not serve it at all.
+async fn listener_scope(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let listener = request
+        .app_data::<web::Data<MetricsAccess>>()
+        .and_then(|access| access.listener);
+    if let Some(listener) = listener {
+        let on_metrics_listener = request.app_config().local_addr() == listener;
+        if on_metrics_listener != (request.path() == "/metrics") {
+            let error = ApiError::RouteNotFound {
+                method: request.method().to_string(),
+                path: request.path().to_string(),
+            };
+            return Ok(request.error_response(error).map_into_right_body());
+        }
+    }
+    next.call(request)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
 pub fn create_app(
     state: web::Data<AppState>,
     body_limit: usize,
+    metrics_access: web::Data<MetricsAccess>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -184,6 +223,9 @@ pub fn create_app(
         .app_data(state)
         .app_data(metrics)
         .app_data(web::Data::new(BodyLimit(body_limit)))
+        .app_data(metrics_access)
+        .wrap(from_fn(crate::auth::open_mode::guard))
+        .wrap(from_fn(listener_scope))
         .wrap(from_fn(crate::metrics::track_http))
         .wrap(from_fn(request_id))
         .service(resource(
@@ -248,15 +290,38 @@ pub struct Running {
 }
 
 /// Binds and starts serving at once (`/health` answers, `/ready` says
-/// loading); the caller loads the engine and installs it.
+/// loading); the caller loads the engine and installs it. `addresses` lists
+/// the main listener first, then the metrics listener if there is one.
 pub fn bind(config: &Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let state = web::Data::new(AppState::new(config, metrics.clone())?);
     let app_state = state.clone();
     let body_limit = config.server.max_body_bytes;
-    let mut server = HttpServer::new(move || create_app(app_state.clone(), body_limit))
-        .on_connect(crate::api::disconnect::remember_socket)
-        .bind(config.server.bind)?;
+    // Bound here, before the app exists, so the app knows the listener's
+    // address (port 0 included) when it sorts requests by listener.
+    let metrics_listener = config
+        .metrics
+        .bind
+        .map(|address| {
+            std::net::TcpListener::bind(address).map_err(|e| {
+                anyhow::anyhow!("config key `metrics.bind`: cannot listen on {address}: {e}")
+            })
+        })
+        .transpose()?;
+    let metrics_access = web::Data::new(MetricsAccess {
+        token: config.metrics.bearer_token,
+        listener: metrics_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?,
+    });
+    let mut server =
+        HttpServer::new(move || create_app(app_state.clone(), body_limit, metrics_access.clone()))
+            .on_connect(crate::api::disconnect::remember_socket)
+            .bind(config.server.bind)?;
+    if let Some(listener) = metrics_listener {
+        server = server.listen(listener)?;
+    }
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }

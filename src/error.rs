@@ -81,6 +81,14 @@ pub enum ApiError {
     Unauthorized { message: String },
     #[error("{message}")]
     Forbidden { message: String },
+    /// Refused for where the request comes from, not for its credentials:
+    /// open mode's host and origin rules, admin routes closed in open mode.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    #[error(
+        "This route takes a JSON body: send it with `Content-Type: application/json` (got {received})."
+    )]
+    UnsupportedMediaType { received: String },
     #[error("{message}")]
     RateLimited {
         kind: LimitKind,
@@ -139,6 +147,8 @@ impl ApiError {
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::Unauthorized { .. }
             | ApiError::Forbidden { .. }
+            | ApiError::Refused { .. }
+            | ApiError::UnsupportedMediaType { .. }
             | ApiError::TenantNotFound(_)
             | ApiError::Upload(_) => "invalid_request_error",
             ApiError::Adapter(error) => match error {
@@ -207,6 +217,8 @@ impl ApiError {
                 AdapterError::Io(_) => "adapter_store_error",
             }),
             ApiError::Forbidden { .. } => Some("insufficient_permissions"),
+            ApiError::Refused { code, .. } => Some(code),
+            ApiError::UnsupportedMediaType { .. } => Some("unsupported_media_type"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
         }
@@ -261,7 +273,8 @@ impl ResponseError for ApiError {
                 AdapterError::LoadTimeout | AdapterError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                 AdapterError::Load(_) | AdapterError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream { timeout: false, .. } => StatusCode::BAD_GATEWAY,

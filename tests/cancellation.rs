@@ -68,7 +68,7 @@ async fn closing_the_connection_stops_a_non_streamed_generation() {
     let mut socket = std::net::TcpStream::connect(server.address()).unwrap();
     write!(
         socket,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

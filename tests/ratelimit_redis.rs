@@ -397,3 +397,243 @@ async fn concurrent_usage_records_are_all_counted_once() {
     assert_eq!(report.last_hour.models["even"].requests, 250);
     assert_eq!(report.today.total, report.last_hour.total);
 }
+
+/// A gateway relaying to a `mock-upstream` replica, with the tenant limits of
+/// `tenancy()`: a request lasts as long as the mock takes to stream.
+fn relaying_tenancy(
+    replica: &str,
+    prefix: &str,
+    limits: &str,
+    redis_extra: &str,
+) -> (String, String) {
+    let (tenancy, key, _) = tenancy(SHARED_REDIS, prefix, limits, redis_extra);
+    let toml = format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+workers = 2
+[model]
+served_name = "{MODEL}"
+context_length = 4096
+[logging]
+level = "error"
+[upstream]
+model = "mock-model"
+[[upstream.replicas]]
+name = "slow"
+url = "{replica}"
+{tenancy}
+"#
+    );
+    (toml, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_lease_outlives_twice_its_ttl_while_the_request_runs() {
+    // 1 + 12 + 1 frames, 400 ms apart: over 5 s, past 2 × the 1 s lease TTL
+    // (when version 1 let the lease set expire).
+    let replica = common::process::MockUpstream::start(
+        "slow",
+        &["--tokens", "12", "--token-delay-ms", "400"],
+    );
+    let prefix = unique_prefix();
+    let (toml, key) = relaying_tenancy(
+        &replica.url(),
+        &prefix,
+        "max_concurrent = 1",
+        "lease_ttl_secs = 1",
+    );
+    let gateway = GatewayProcess::spawn_config(&toml);
+    let mut body = chat_body("hold the slot", 64);
+    body["stream"] = serde_json::json!(true);
+    let long = authed(client().post(gateway.url("/v1/chat/completions")), &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    // Read as frames arrive, noting which came after the second request was
+    // decided: those prove the first was still running then.
+    let decided = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let decided = decided.clone();
+        async move {
+            let mut frames = long.bytes_stream();
+            let (mut before, mut after) = (String::new(), String::new());
+            while let Some(chunk) = frames.next().await {
+                let text = String::from_utf8_lossy(&chunk.unwrap()).into_owned();
+                if decided.load(std::sync::atomic::Ordering::SeqCst) {
+                    after.push_str(&text);
+                } else {
+                    before.push_str(&text);
+                }
+            }
+            (before, after)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let second = authed(client().post(gateway.url("/v1/chat/completions")), &key)
+        .json(&chat_body("me too", 1))
+        .send()
+        .await
+        .unwrap();
+    decided.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second_status = second.status();
+    let second_body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(second_status, 429, "{second_body}");
+    assert_eq!(second_body["error"]["code"], "rate_limit_exceeded");
+    let lease_key = format!("{prefix}:rl:v1:{{acme}}:lease");
+    let mut connection = redis_connection().await;
+    let (members, ttl_ms): (u64, i64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(&lease_key)
+        .cmd("PTTL")
+        .arg(&lease_key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(members, 1, "the running request's lease is still held");
+    assert!(
+        ttl_ms > 0,
+        "the lease set still expires on its own ({ttl_ms})"
+    );
+    let (before, after) = reader.await.unwrap();
+    assert!(
+        before.contains("\"content\"") && after.contains("\"content\""),
+        "the long request streamed before and after the second was refused:\n{before}\n---\n{after}"
+    );
+    assert!(
+        after.ends_with("data: [DONE]\n\n"),
+        "and finished normally: {after}"
+    );
+    // Settling releases the slot (in the background, so poll).
+    let mut admitted = false;
+    for _ in 0..50 {
+        let next = authed(client().post(gateway.url("/v1/chat/completions")), &key)
+            .json(&chat_body("after", 1))
+            .send()
+            .await
+            .unwrap();
+        if next.status() == 200 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the slot came back once the long request ended");
+}
+
+fn limiter_on_shared_redis(prefix: &str, lease_ttl: Duration) -> loragate::ratelimit::RedisLimiter {
+    use loragate::config::{RedisConfig, RedisFailurePolicy};
+    let handle = loragate::ratelimit::RedisHandle::new(&RedisConfig {
+        url: SHARED_REDIS.into(),
+        key_prefix: prefix.into(),
+        on_failure: RedisFailurePolicy::FailClosed,
+        timeout: Duration::from_secs(2),
+        lease_ttl,
+    })
+    .unwrap();
+    loragate::ratelimit::RedisLimiter::new(std::sync::Arc::new(handle), lease_ttl)
+}
+
+async fn pttl(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(connection)
+        .await
+        .unwrap()
+}
+
+/// Settlement may charge more than was reserved; the debt must last until
+/// the bucket has refilled, not vanish with a fixed 120 s expiry (which
+/// would hand a debtor a full bucket early). Checked on the key's expiry
+/// against the time to refill, without waiting for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_debt_lasts_until_the_bucket_is_full_again() {
+    use loragate::config::Limits;
+    use loragate::ratelimit::{Decision, RateLimiter};
+    const TPM: u64 = 1000;
+    let prefix = unique_prefix();
+    let limiter = limiter_on_shared_redis(&prefix, Duration::from_secs(60));
+    let limits = Limits {
+        tokens_per_minute: Some(TPM),
+        ..Limits::default()
+    };
+    let decision = limiter.acquire("acme", &limits, TPM, "a").await.unwrap();
+    assert!(matches!(decision, Decision::Admitted(_)), "{decision:?}");
+    // The request used 6000 tokens against its 1000 reserved: 5000 in debt.
+    limiter.settle("acme", &limits, "a", -5000).await.unwrap();
+    let bucket = format!("{prefix}:rl:v1:{{acme}}:tok");
+    let mut connection = redis_connection().await;
+    let level: f64 = redis::cmd("HGET")
+        .arg(&bucket)
+        .arg("level")
+        .query_async::<String>(&mut connection)
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((-5000.0..-4990.0).contains(&level), "in debt: {level}");
+    let full_in_ms = ((TPM as f64 - level) * 60_000.0 / TPM as f64) as i64;
+    let left = pttl(&mut connection, &bucket).await;
+    assert!(
+        left >= full_in_ms - 1000,
+        "the bucket key outlives its debt: expires in {left} ms, full in {full_in_ms} ms"
+    );
+    assert!(
+        left <= full_in_ms + 2000,
+        "and goes soon after it is full again (absent reads as full): {left} ms vs {full_in_ms} ms"
+    );
+    // While in debt, even a small request is refused, with the wait to repay it.
+    match limiter.acquire("acme", &limits, 10, "b").await.unwrap() {
+        Decision::Refused {
+            retry_after: Some(wait),
+            ..
+        } => {
+            assert!(wait > Duration::from_secs(300), "{wait:?}")
+        }
+        other => panic!("expected a refusal while in debt, got {other:?}"),
+    }
+}
+
+/// Gateways sharing Redis may run with different `lease_ttl_secs`: a lease
+/// taken with a short TTL must not cut short the set holding a long one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_lease_ttl_never_shortens_the_lease_sets_expiry() {
+    use loragate::config::Limits;
+    use loragate::ratelimit::{Decision, RateLimiter};
+    let prefix = unique_prefix();
+    let long = limiter_on_shared_redis(&prefix, Duration::from_secs(60));
+    let short = limiter_on_shared_redis(&prefix, Duration::from_secs(1));
+    let limits = Limits {
+        max_concurrent: Some(5),
+        ..Limits::default()
+    };
+    let lease_key = format!("{prefix}:rl:v1:{{acme}}:lease");
+    let mut connection = redis_connection().await;
+    assert!(matches!(
+        long.acquire("acme", &limits, 0, "long").await.unwrap(),
+        Decision::Admitted(_)
+    ));
+    assert!(pttl(&mut connection, &lease_key).await >= 59_000);
+    assert!(matches!(
+        short.acquire("acme", &limits, 0, "short").await.unwrap(),
+        Decision::Admitted(_)
+    ));
+    let left = pttl(&mut connection, &lease_key).await;
+    assert!(
+        left >= 58_000,
+        "the 60 s lease keeps its set alive ({left} ms)"
+    );
+    // Renewal of a live lease extends it; a released one is not brought back.
+    assert!(short.renew("acme", "short").await.unwrap());
+    long.settle("acme", &limits, "long", 0).await.unwrap();
+    assert!(!long.renew("acme", "long").await.unwrap());
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&lease_key)
+        .arg("long")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(score, None, "a released lease stays released");
+}

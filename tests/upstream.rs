@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 /// A front gateway serving `fleet` from `replicas`; `upstream` adds keys to
 /// `[upstream]`, `model_path` lets it check adapter uploads.
 fn front(replicas: &[(&str, String)], upstream: &str, model_path: Option<&Path>) -> GatewayProcess {
+    GatewayProcess::spawn_config(&front_config(replicas, upstream, model_path))
+}
+
+fn front_config(replicas: &[(&str, String)], upstream: &str, model_path: Option<&Path>) -> String {
     let path = model_path
         .map(|p| format!("path = \"{}\"\n", p.display()))
         .unwrap_or_default();
@@ -22,7 +26,7 @@ fn front(replicas: &[(&str, String)], upstream: &str, model_path: Option<&Path>)
         .iter()
         .map(|(name, url)| format!("[[upstream.replicas]]\nname = \"{name}\"\nurl = \"{url}\"\n"))
         .collect();
-    GatewayProcess::spawn_config(&format!(
+    format!(
         r#"
 [server]
 bind = "127.0.0.1:0"
@@ -33,6 +37,7 @@ context_length = 4096
 {path}
 [auth]
 enabled = false
+allow_open_admin = true
 [logging]
 level = "error"
 [adapters]
@@ -41,7 +46,7 @@ max_resident = 16
 {upstream}
 {replicas}
 "#
-    ))
+    )
 }
 
 fn ask(model: &str, stream: bool) -> Value {
@@ -499,4 +504,54 @@ async fn a_stream_cut_short_ends_with_an_error_event() {
     // Not streamed, the same replica's answer is whole and fine.
     let (status, _) = chat(&fleet, &ask("fleet", false)).await;
     assert_eq!(status, 200);
+}
+
+/// A replica's own error text can name its files and hosts: a tenant gets a
+/// generic 502 with a reference, and the detail is in the gateway's log
+/// under that reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_error_details_reach_the_log_not_the_client() {
+    const DETAIL: &str = "CUDA out of memory loading /srv/models/llama-70b/model-00003.safetensors on gpu-node-7.internal";
+    let failing = MockUpstream::start("f", &["--fail-status", "500", "--fail-message", DETAIL]);
+    let fleet = GatewayProcess::spawn_logged(
+        &front_config(&[("f", failing.url())], "model = \"mock-model\"", None),
+        &[],
+    );
+    let replica_address = failing.url().trim_start_matches("http://").to_string();
+    let mut references = Vec::new();
+    for streamed in [false, true] {
+        let response = client()
+            .post(fleet.url("/v1/chat/completions"))
+            .json(&ask("fleet", streamed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+        let message = body["error"]["message"].as_str().unwrap().to_string();
+        for secret in ["/srv/models", "gpu-node-7", "CUDA", &replica_address] {
+            assert!(!message.contains(secret), "`{secret}` leaked: {message}");
+        }
+        assert!(message.contains("HTTP 500"), "{message}");
+        let reference = message
+            .split("reference ")
+            .nth(1)
+            .map(|rest| rest.trim_end_matches(['.', ')']).to_string())
+            .unwrap_or_default();
+        assert_eq!(reference.len(), 32, "a reference in: {message}");
+        references.push(reference);
+    }
+    assert_ne!(references[0], references[1], "one reference per failure");
+    let log = fleet.log();
+    for reference in &references {
+        let line = log
+            .lines()
+            .find(|line| line.contains(reference.as_str()))
+            .unwrap_or_else(|| panic!("reference {reference} not logged:\n{log}"));
+        assert!(
+            line.contains(DETAIL),
+            "the detail is logged with it: {line}"
+        );
+    }
 }

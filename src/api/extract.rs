@@ -1,12 +1,13 @@
-//! A JSON body extractor whose every failure is an OpenAI error: the size cap
-//! gives 413, malformed JSON and wrong types give 400 naming the field.
+//! A JSON body extractor whose every failure is an OpenAI error: a body not
+//! declared as JSON gives 415, the size cap 413, malformed JSON and wrong
+//! types 400 naming the field.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpRequest, mime, web};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
@@ -29,6 +30,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if let Err(error) = require_json(request) {
+            return Box::pin(async move { Err(error) });
+        }
         let limit = request
             .app_data::<web::Data<BodyLimit>>()
             .map(|limit| limit.0)
@@ -58,6 +62,37 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             parse(&body).map(JsonBody)
         })
     }
+}
+
+/// A browser sends `text/plain`, form and multipart bodies cross-site without
+/// asking (no CORS preflight), but never `application/json`; the official
+/// OpenAI SDKs always send `application/json`. Requiring it keeps a foreign
+/// page from posting to a gateway that has no credentials to check.
+fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let declared = request.headers().get(header::CONTENT_TYPE);
+    let json = declared
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|media: mime::Mime| {
+            media.essence_str() == "application/json"
+                && media
+                    .get_param(mime::CHARSET)
+                    .is_none_or(|charset| charset == mime::UTF_8)
+        });
+    if json {
+        return Ok(());
+    }
+    let received = match declared {
+        None => "no Content-Type".to_string(),
+        Some(value) => format!(
+            "`{}`",
+            String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(100)
+                .collect::<String>()
+        ),
+    };
+    Err(ApiError::UnsupportedMediaType { received })
 }
 
 /// Parses with the path of the failing field kept, so the error names it.

@@ -3,11 +3,15 @@
 //! algorithms, `exp`/`nbf`/`iss`/`aud` checked). The permission a handler
 //! needs is written in its extractor's type: [`TenantCaller`] or [`AdminCaller`].
 //!
-//! Unauthenticated routes: `/health`, `/ready`, `/metrics`, `/openapi.json`,
-//! `/docs`. Everything else takes one of the extractors.
+//! Unauthenticated routes: `/health`, `/ready`, `/metrics` (unless it has a
+//! scrape token), `/openapi.json`, `/docs`. Everything else takes one of the
+//! extractors. With authentication off, every caller is one unlimited tenant,
+//! the admin routes are closed unless `auth.allow_open_admin` opens them, and
+//! [`open_mode`] refuses requests a foreign web page could have sent.
 
 pub mod jwt;
 pub mod keys;
+pub mod open_mode;
 
 use std::collections::HashMap;
 use std::future::{Ready, ready};
@@ -79,6 +83,8 @@ impl AuthFailure {
 
 pub struct Authenticator {
     enabled: bool,
+    /// Admin routes answer anyone while authentication is off.
+    open_admin: bool,
     keys: KeyRing,
     jwt: Option<JwtVerifier>,
     tenants: HashMap<String, Arc<Tenant>>,
@@ -120,6 +126,7 @@ impl Authenticator {
         }
         Ok(Authenticator {
             enabled: config.auth.enabled,
+            open_admin: config.auth.allow_open_admin,
             keys: KeyRing::new(entries),
             jwt: config.auth.jwt.as_ref().map(JwtVerifier::new).transpose()?,
             tenants,
@@ -216,6 +223,20 @@ fn forbidden(state: &AppState, message: &str) -> ApiError {
     }
 }
 
+/// Open mode makes every caller an admin, so the admin routes stay shut
+/// unless the operator opened them by name.
+fn admin_closed(state: &AppState) -> ApiError {
+    state
+        .metrics
+        .auth_failures
+        .with_label_values(&["forbidden"])
+        .inc();
+    ApiError::Refused {
+        code: "admin_disabled",
+        message: "Admin routes are closed while authentication is off. Turn authentication on (auth.enabled = true, with a key hash from `loragate keys create --admin` in auth.admin_api_keys), or set auth.allow_open_admin = true to open them to every local caller.".into(),
+    }
+}
+
 /// A caller acting as a tenant (API key or `scope: tenant` token).
 pub struct TenantCaller(pub Arc<Tenant>);
 
@@ -236,7 +257,8 @@ impl FromRequest for TenantCaller {
     }
 }
 
-/// A caller with admin scope. With authentication disabled, anyone is.
+/// A caller with admin scope. With authentication disabled, anyone is when
+/// `auth.allow_open_admin` says so; otherwise nobody is.
 pub struct AdminCaller;
 
 impl FromRequest for AdminCaller {
@@ -247,7 +269,10 @@ impl FromRequest for AdminCaller {
         ready(
             identify(request).and_then(|(identity, state)| match identity {
                 Identity::Admin => Ok(AdminCaller),
-                Identity::Tenant(_) if !state.auth.enabled() => Ok(AdminCaller),
+                Identity::Tenant(_) if !state.auth.enabled() && state.auth.open_admin => {
+                    Ok(AdminCaller)
+                }
+                Identity::Tenant(_) if !state.auth.enabled() => Err(admin_closed(&state)),
                 Identity::Tenant(_) => Err(forbidden(&state, "This route needs admin scope.")),
             }),
         )

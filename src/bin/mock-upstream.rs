@@ -35,6 +35,9 @@ struct Options {
     /// Answer chat requests with this HTTP status and an OpenAI error body.
     #[arg(long)]
     fail_status: Option<u16>,
+    /// The error body's message with `--fail-status` (default: names the replica).
+    #[arg(long)]
+    fail_message: Option<String>,
     /// Answer chat requests with 200 and a body that is not JSON.
     #[arg(long)]
     malformed: bool,
@@ -73,10 +76,11 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
         tokio::time::sleep(Duration::from_millis(options.delay_ms)).await;
     }
     if let Some(status) = options.fail_status {
-        return error(
-            status,
-            &format!("mock replica {} failing on purpose", options.name),
-        );
+        let message = options
+            .fail_message
+            .clone()
+            .unwrap_or_else(|| format!("mock replica {} failing on purpose", options.name));
+        return error(status, &message);
     }
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let known = model == options.model

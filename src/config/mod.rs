@@ -3,7 +3,9 @@
 //! the offending key.
 
 mod env;
+mod exposure;
 mod raw;
+mod secrets;
 mod tenancy;
 mod upstream;
 
@@ -11,6 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use env::Environment;
+pub use exposure::MetricsConfig;
 use raw::RawConfig;
 pub use raw::{DeviceKind, EngineKind, LogFormat, ModelDtype, ModelFormat};
 pub use tenancy::{
@@ -57,6 +61,7 @@ pub struct Config {
     pub adapters: AdaptersConfig,
     /// `Some`: the model is served by remote replicas, not in-process.
     pub upstream: Option<UpstreamConfig>,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -149,7 +154,8 @@ impl Config {
         })
     }
 
-    /// Parses TOML text with the given environment; a relative model path is
+    /// Parses TOML text with the given environment (its `LORAGATE__*`
+    /// overrides and the secrets the file names); a relative model path is
     /// resolved against `base_dir` (the config file's folder).
     pub fn from_toml_str(
         text: &str,
@@ -162,13 +168,14 @@ impl Config {
                     path: PathBuf::new(),
                     message: e.to_string(),
                 })?;
-        env::apply_overrides(&mut document, environment)?;
+        let environment = Environment::new(environment);
+        env::apply_overrides(&mut document, &environment)?;
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(document))
             .map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::key(&key, e.into_inner().to_string())
             })?;
-        validate(raw, base_dir)
+        validate(raw, base_dir, &environment)
     }
 }
 
@@ -184,7 +191,11 @@ pub(crate) fn expand_path(raw: &str, base_dir: &Path) -> PathBuf {
     }
 }
 
-fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    environment: &Environment,
+) -> Result<Config, ConfigError> {
     let bind: SocketAddr = raw
         .server
         .bind
@@ -358,7 +369,9 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             "must be positive",
         ));
     }
-    let auth = tenancy::auth(raw.auth, base_dir)?;
+    let auth = tenancy::auth(raw.auth, base_dir, environment)?;
+    exposure::check_open_mode(&auth, bind)?;
+    let metrics = exposure::metrics(raw.metrics, bind, environment)?;
     let redis = raw.redis.map(tenancy::redis).transpose()?;
     let tenants = tenancy::tenants(raw.tenants, &auth.admin_keys)?;
     let adapters = raw.adapters;
@@ -378,7 +391,15 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     };
     let upstream = raw
         .upstream
-        .map(|upstream| upstream::upstream(upstream, &model.served_name, &adapters.dir, base_dir))
+        .map(|upstream| {
+            upstream::upstream(
+                upstream,
+                &model.served_name,
+                &adapters.dir,
+                base_dir,
+                environment,
+            )
+        })
         .transpose()?;
     if raw
         .logging
@@ -430,6 +451,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         tenants,
         adapters,
         upstream,
+        metrics,
     })
 }
 

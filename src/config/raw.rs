@@ -23,6 +23,19 @@ pub struct RawConfig {
     /// Present: the model is served by remote OpenAI-compatible replicas
     /// instead of the in-process engine.
     pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// Who may read `/metrics`, which names every tenant, adapter and replica.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Environment variable holding a scrape token: `/metrics` then needs
+    /// `Authorization: Bearer <token>`.
+    pub bearer_token_env: Option<String>,
+    /// A second listener serving only `/metrics`; the main one then has none.
+    pub bind: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,9 +339,19 @@ fn default_level() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
-    /// `false` opens every route to anyone (local development only).
+    /// `false` serves every caller as one unlimited tenant (local development
+    /// only): start-up then needs a loopback `server.bind`, and requests need
+    /// a loopback `Host` (and `Origin`, when sent).
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// With authentication off, start on a non-loopback `server.bind` anyway
+    /// (e.g. inside a container whose port is published on loopback only).
+    #[serde(default)]
+    pub allow_open_on_public_bind: bool,
+    /// With authentication off, open the admin routes to every caller
+    /// (otherwise they answer 403).
+    #[serde(default)]
+    pub allow_open_admin: bool,
     /// API keys with admin scope, as `sha256:<hex>` hashes.
     #[serde(default)]
     pub admin_api_keys: Vec<String>,
@@ -339,6 +362,8 @@ impl Default for RawAuth {
     fn default() -> Self {
         RawAuth {
             enabled: true,
+            allow_open_on_public_bind: false,
+            allow_open_admin: false,
             admin_api_keys: Vec::new(),
             jwt: None,
         }

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use super::ConfigError;
+use super::env::Environment;
 pub use super::raw::{JwtAlgorithm, RedisFailurePolicy};
 use super::raw::{RawAuth, RawLimits, RawRedis, RawTenant};
+use super::{ConfigError, secrets};
 
 /// SHA-256 of an API key; the key itself is never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,11 @@ impl KeyHash {
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub enabled: bool,
+    /// Validation has already refused an open gateway on a public address
+    /// unless this is set.
+    pub allow_open_on_public_bind: bool,
+    /// Admin routes answer everyone while authentication is off.
+    pub allow_open_admin: bool,
     pub admin_keys: Vec<KeyHash>,
     pub jwt: Option<JwtConfig>,
 }
@@ -126,7 +132,11 @@ fn read_file(key: &str, path: &str, base_dir: &Path) -> Result<Vec<u8>, ConfigEr
         .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))
 }
 
-pub(super) fn auth(raw: RawAuth, base_dir: &Path) -> Result<AuthConfig, ConfigError> {
+pub(super) fn auth(
+    raw: RawAuth,
+    base_dir: &Path,
+    environment: &Environment,
+) -> Result<AuthConfig, ConfigError> {
     let admin_keys = key_hashes("auth.admin_api_keys", &raw.admin_api_keys)?;
     let jwt = match raw.jwt {
         None => None,
@@ -141,21 +151,10 @@ pub(super) fn auth(raw: RawAuth, base_dir: &Path) -> Result<AuthConfig, ConfigEr
                 &jwt.hs256_secret_env,
                 jwt.algorithms.contains(&JwtAlgorithm::HS256),
             ) {
-                (Some(variable), true) => {
-                    let secret = std::env::var(variable).map_err(|_| {
-                        ConfigError::key(
-                            "auth.jwt.hs256_secret_env",
-                            format!("environment variable {variable} is not set"),
-                        )
-                    })?;
-                    if secret.len() < 32 {
-                        return Err(ConfigError::key(
-                            "auth.jwt.hs256_secret_env",
-                            "the HS256 secret must be at least 32 bytes",
-                        ));
-                    }
-                    Some(secret.into_bytes())
-                }
+                (Some(variable), true) => Some(
+                    secrets::read(environment, "auth.jwt.hs256_secret_env", variable, 32)?
+                        .into_bytes(),
+                ),
                 (None, true) => {
                     return Err(ConfigError::key(
                         "auth.jwt.hs256_secret_env",
@@ -194,6 +193,8 @@ pub(super) fn auth(raw: RawAuth, base_dir: &Path) -> Result<AuthConfig, ConfigEr
     };
     Ok(AuthConfig {
         enabled: raw.enabled,
+        allow_open_on_public_bind: raw.allow_open_on_public_bind,
+        allow_open_admin: raw.allow_open_admin,
         admin_keys,
         jwt,
     })

@@ -192,3 +192,127 @@ fn upstream_mistakes_name_their_key() {
     let error = Config::from_toml_str(no_path, no_env(), Path::new("/")).unwrap_err();
     assert_eq!(key_of(error), "model.path");
 }
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn open_mode_off_loopback_needs_its_named_option() {
+    let file = model_file();
+    let open = |bind: &str, extra: &str| {
+        format!(
+            "{}[server]\nbind = \"{bind}\"\n[auth]\nenabled = false\n{extra}",
+            minimal(file.path())
+        )
+    };
+    let error =
+        Config::from_toml_str(&open("0.0.0.0:8080", ""), no_env(), Path::new("/")).unwrap_err();
+    assert!(error.to_string().contains("0.0.0.0:8080"), "{error}");
+    assert_eq!(key_of(error), "auth.allow_open_on_public_bind");
+    // The environment override that containers use is caught the same way.
+    let error = Config::from_toml_str(
+        &open("127.0.0.1:8080", ""),
+        env(&[("LORAGATE__SERVER__BIND", "[::]:8080")]),
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert_eq!(key_of(error), "auth.allow_open_on_public_bind");
+    for (bind, extra) in [
+        ("127.0.0.1:8080", ""),
+        ("127.0.0.2:8080", ""),
+        ("[::1]:8080", ""),
+        ("0.0.0.0:8080", "allow_open_on_public_bind = true\n"),
+    ] {
+        let config = Config::from_toml_str(&open(bind, extra), no_env(), Path::new("/"));
+        assert!(config.is_ok(), "{bind} {extra}: {:?}", config.err());
+    }
+}
+
+#[test]
+fn lists_come_from_the_environment_as_toml() {
+    let file = model_file();
+    let (admin, acme) = ("a".repeat(64), "b".repeat(64));
+    let config = Config::from_toml_str(
+        &minimal(file.path()),
+        env(&[
+            ("LORAGATE__AUTH__ADMIN_API_KEYS", &format!("[\"sha256:{admin}\"]")),
+            (
+                "LORAGATE__TENANTS",
+                &format!("[{{id = \"acme\", api_keys = [\"sha256:{acme}\"], limits = {{requests_per_minute = 7}}}}]"),
+            ),
+        ]),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(config.auth.admin_keys.len(), 1);
+    assert_eq!(config.tenants[0].id, "acme");
+    assert_eq!(config.tenants[0].limits.requests_per_minute, Some(7));
+    // An IPv6 bind is not TOML: it stays a string.
+    let config = Config::from_toml_str(
+        &minimal(file.path()),
+        env(&[("LORAGATE__SERVER__BIND", "[::1]:9000")]),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(config.server.bind.to_string(), "[::1]:9000");
+}
+
+#[test]
+fn metrics_access_is_validated() {
+    let file = model_file();
+    let with = |metrics: &str| format!("{}[metrics]\n{metrics}\n", minimal(file.path()));
+    let token = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let config = Config::from_toml_str(
+        &with("bearer_token_env = \"SCRAPE\"\nbind = \"127.0.0.1:9464\""),
+        env(&[("SCRAPE", token)]),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(config.metrics.bearer_token, Some(KeyHash::of_key(token)));
+    assert_eq!(config.metrics.bind.map(|b| b.port()), Some(9464));
+    let cases = [
+        (
+            "bearer_token_env = \"SCRAPE\"",
+            vec![],
+            "metrics.bearer_token_env",
+        ),
+        (
+            "bearer_token_env = \"SCRAPE\"",
+            env(&[("SCRAPE", "changeme-changeme-changeme-changeme")]),
+            "metrics.bearer_token_env",
+        ),
+        ("bind = \"nowhere\"", vec![], "metrics.bind"),
+        ("bind = \"0.0.0.0:8080\"", vec![], "metrics.bind"),
+    ];
+    for (metrics, environment, key) in cases {
+        let error = Config::from_toml_str(&with(metrics), environment, Path::new("/")).unwrap_err();
+        assert_eq!(key_of(error), key, "{metrics}");
+    }
+}
+
+#[test]
+fn a_placeholder_jwt_secret_is_refused_by_key_and_variable() {
+    let file = model_file();
+    let text = format!(
+        "{}[auth.jwt]\nalgorithms = [\"HS256\"]\nhs256_secret_env = \"JWT\"\nissuer = \"i\"\naudience = \"a\"\n",
+        minimal(file.path())
+    );
+    let error = Config::from_toml_str(
+        &text,
+        env(&[("JWT", "REPLACE-ME-with-at-least-32-random-bytes-0000")]),
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("JWT"), "{error}");
+    assert_eq!(key_of(error), "auth.jwt.hs256_secret_env");
+    let random = "q8Zr1VtW4mKpX0yLc7sNfB2hJdG5aE9uRiOwT3kM6nQ";
+    let config = Config::from_toml_str(&text, env(&[("JWT", random)]), Path::new("/")).unwrap();
+    assert_eq!(
+        config.auth.jwt.and_then(|jwt| jwt.hs256_secret),
+        Some(random.as_bytes().to_vec())
+    );
+}

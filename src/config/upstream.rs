@@ -39,6 +39,7 @@ pub(super) fn upstream(
     served_name: &str,
     adapter_dir: &Path,
     base_dir: &Path,
+    environment: &super::env::Environment,
 ) -> Result<UpstreamConfig, ConfigError> {
     if raw.replicas.is_empty() {
         return Err(ConfigError::key(
@@ -94,12 +95,15 @@ pub(super) fn upstream(
     let api_key = raw
         .api_key_env
         .map(|variable| {
-            std::env::var(&variable).map_err(|_| {
-                ConfigError::key(
-                    "upstream.api_key_env",
-                    format!("environment variable {variable} is not set"),
-                )
-            })
+            environment
+                .get(&variable)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        "upstream.api_key_env",
+                        format!("environment variable {variable} is not set"),
+                    )
+                })
         })
         .transpose()?;
     for (key, value) in [

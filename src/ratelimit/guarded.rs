@@ -126,8 +126,14 @@ impl GuardedLimiter {
                     (Backend::Redis, Some(redis)) => redis.renew(&tenant, &lease).await,
                     _ => limiter.local.renew(&tenant, &lease).await,
                 };
-                if let Err(error) = result {
-                    limiter.redis_failed("renew", &error);
+                match result {
+                    Ok(true) => {}
+                    // Renewing cannot take the slot back: it may be someone else's now.
+                    Ok(false) => {
+                        tracing::warn!(%tenant, "concurrency lease lost; the request runs on without its slot");
+                        return;
+                    }
+                    Err(error) => limiter.redis_failed("renew", &error),
                 }
             }
         }))

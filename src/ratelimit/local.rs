@@ -212,13 +212,14 @@ impl RateLimiter for LocalLimiter {
         Ok(self.top_up_now(tenant, limits, extra, total))
     }
 
-    async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError> {
+    async fn renew(&self, tenant: &str, lease: &str) -> Result<bool, LimiterError> {
         let expiry = Instant::now() + self.lease_ttl;
         if let Some(state) = self.tenants.lock().get_mut(tenant)
             && let Some(current) = state.leases.get_mut(lease)
         {
             *current = expiry;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 }

@@ -118,8 +118,9 @@ pub trait RateLimiter: Send + Sync {
         adjust_tokens: i64,
     ) -> Result<(), LimiterError>;
 
-    /// Extends a lease that is still in use.
-    async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError>;
+    /// Extends a lease that is still in use; `false` when the lease is gone
+    /// (released, or expired while the store was unreachable).
+    async fn renew(&self, tenant: &str, lease: &str) -> Result<bool, LimiterError>;
 
     /// Takes `extra` more tokens for an admitted request whose total need
     /// is `total`; a refusal takes nothing.

@@ -12,6 +12,7 @@ use crate::config::{Limits, RedisConfig};
 const ACQUIRE: &str = include_str!("limiter.lua");
 const SETTLE: &str = include_str!("settle.lua");
 const TOP_UP: &str = include_str!("topup.lua");
+const RENEW: &str = include_str!("renew.lua");
 
 /// A lazily (re)connected Redis handle with a deadline on every call, shared
 /// by the limiter and the usage meter. The connection manager reconnects by
@@ -68,6 +69,7 @@ pub struct RedisLimiter {
     acquire: redis::Script,
     settle: redis::Script,
     top_up: redis::Script,
+    renew: redis::Script,
     lease_ttl: Duration,
 }
 
@@ -78,11 +80,14 @@ impl RedisLimiter {
             acquire: redis::Script::new(ACQUIRE),
             settle: redis::Script::new(SETTLE),
             top_up: redis::Script::new(TOP_UP),
+            renew: redis::Script::new(RENEW),
             lease_ttl,
         }
     }
 
     /// `{tenant}` is a hash tag: a tenant's keys share one cluster slot.
+    /// The layout is still `v1`: the version 2 scripts changed only how long
+    /// keys live, so old and new gateways share state during a rolling upgrade.
     fn key(&self, tenant: &str, part: &str) -> String {
         format!("{}:rl:v1:{{{tenant}}}:{part}", self.redis.prefix)
     }
@@ -197,26 +202,16 @@ impl RateLimiter for RedisLimiter {
         })
     }
 
-    async fn renew(&self, tenant: &str, lease: &str) -> Result<(), LimiterError> {
-        let key = self.key(tenant, "lease");
-        let ttl = self.lease_ttl.as_millis() as u64;
-        let lease = lease.to_string();
-        let _: i64 = self
+    async fn renew(&self, tenant: &str, lease: &str) -> Result<bool, LimiterError> {
+        let mut invocation = self.renew.prepare_invoke();
+        invocation
+            .key(self.key(tenant, "lease"))
+            .arg(lease)
+            .arg(self.lease_ttl.as_millis() as u64);
+        let renewed: i64 = self
             .redis
-            .run(|mut connection| async move {
-                // Server time again, like the script; XX: never resurrect a released lease.
-                let (seconds, micros): (u64, u64) =
-                    redis::cmd("TIME").query_async(&mut connection).await?;
-                let expiry = seconds * 1000 + micros / 1000 + ttl;
-                redis::cmd("ZADD")
-                    .arg(&key)
-                    .arg("XX")
-                    .arg(expiry)
-                    .arg(&lease)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await?;
-        Ok(())
+        Ok(renewed == 1)
     }
 }

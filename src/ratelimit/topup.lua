@@ -1,4 +1,4 @@
--- loragate rate limiter, version 1: reserve more tokens for a request
+-- loragate rate limiter, version 2: reserve more tokens for a request
 -- already admitted. Admission reserved a lower bound on the prompt's tokens
 -- (known from its bytes before tokenizing); once the exact count is known,
 -- the rest is taken here, or the request is refused and nothing is taken.

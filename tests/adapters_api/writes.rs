@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use loragate::engine::{
     AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage,
+    PromptMessage, PromptTokens,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +44,7 @@ impl Engine for GatedEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
-    ) -> Result<usize, EngineError> {
+    ) -> Result<PromptTokens, EngineError> {
         self.inner.count_prompt_tokens(model, messages).await
     }
 

@@ -28,10 +28,11 @@ pub fn tiny_model_dir() -> &'static Path {
 }
 
 /// The test configuration; `extra` holds whole sections (`[auth]`,
-/// `[redis]`, `[[tenants]]`); without them authentication is off.
+/// `[redis]`, `[[tenants]]`); without them authentication is off and the
+/// admin routes are open (as `auth.allow_open_admin` allows on loopback).
 pub fn config_text(extra: &str) -> String {
     let extra = if extra.is_empty() {
-        "[auth]\nenabled = false\n"
+        "[auth]\nenabled = false\nallow_open_admin = true\n"
     } else {
         extra
     };

@@ -11,6 +11,8 @@ pub struct GatewayProcess {
     child: Child,
     _config: tempfile::NamedTempFile,
     _adapters: tempfile::TempDir,
+    /// The gateway's stderr, when the test reads it.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 pub fn free_port() -> u16 {
@@ -29,19 +31,43 @@ impl GatewayProcess {
 
     /// Starts `loragate serve` with this whole configuration.
     pub fn spawn_config(text: &str) -> GatewayProcess {
+        GatewayProcess::start(text, &[], false)
+    }
+
+    /// Like [`GatewayProcess::spawn_config`], with more environment
+    /// variables, and its log (warnings and up) kept for [`GatewayProcess::log`].
+    pub fn spawn_logged(text: &str, environment: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start(text, environment, true)
+    }
+
+    /// What the gateway has logged so far (with [`GatewayProcess::spawn_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(file.path()).ok())
+            .unwrap_or_default()
+    }
+
+    fn start(text: &str, environment: &[(&str, &str)], logged: bool) -> GatewayProcess {
         let mut config = tempfile::NamedTempFile::new().expect("config file");
         config.write_all(text.as_bytes()).expect("write config");
         let port = free_port();
         let adapters = tempfile::tempdir().expect("adapter store");
+        let log = logged.then(|| tempfile::NamedTempFile::new().expect("log file"));
+        let stderr = match &log {
+            Some(file) => Stdio::from(file.reopen().expect("log file reopens")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_loragate"))
             .args(["serve", "--config"])
             .arg(config.path())
             .env("LORAGATE__SERVER__BIND", format!("127.0.0.1:{port}"))
             .env("LORAGATE__ADAPTERS__DIR", adapters.path())
             // Outage tests provoke warnings on purpose; keep the test log readable.
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", if logged { "warn" } else { "error" })
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("gateway starts");
         let gateway = GatewayProcess {
@@ -49,6 +75,7 @@ impl GatewayProcess {
             child,
             _config: config,
             _adapters: adapters,
+            log,
         };
         gateway.wait_ready();
         gateway

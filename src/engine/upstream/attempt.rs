@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::UpstreamEngine;
 use super::replicas::Replica;
 use super::wire;
+use super::{UpstreamEngine, bad_gateway, reported};
 use crate::engine::EngineError;
 
 /// Largest error or registration body read from a replica.
@@ -111,8 +111,10 @@ impl UpstreamEngine {
             .take(300)
             .collect::<String>();
         if status.is_client_error() {
-            Err(SendError::Rejected(format!(
-                "The upstream engine refused to load the adapter: {detail}"
+            Err(SendError::Rejected(reported(
+                &replica.name,
+                "The upstream engine refused to load the adapter",
+                format_args!("HTTP {status}: {detail}"),
             )))
         } else {
             Err(SendError::Broken(format!(
@@ -183,10 +185,11 @@ impl UpstreamEngine {
                 )))
             }
             SendError::Broken(cause) => {
-                tracing::warn!(replica = %replica.name, %cause, "upstream request failed");
                 self.health.failed(replica, "error");
-                Attempt::Failed(EngineError::BadGateway(
-                    "The connection to the upstream engine failed.".into(),
+                Attempt::Failed(bad_gateway(
+                    &replica.name,
+                    "The connection to the upstream engine failed",
+                    cause,
                 ))
             }
             SendError::Rejected(message) => {
@@ -209,11 +212,11 @@ impl UpstreamEngine {
             .unwrap_or(1)
             .clamp(1, MAX_RETRY_AFTER_SECS);
         let body = self.small_body(response).await;
-        let detail = wire::error_message(&body)
-            .map(|m| format!(": {}", m.chars().take(500).collect::<String>()))
-            .unwrap_or_default();
+        let message = wire::error_message(&body).map(|m| m.chars().take(500).collect::<String>());
         match status.as_u16() {
+            // The replica judged the request itself; its reason is the client's to read.
             400 | 413 | 422 => {
+                let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
                 self.health.succeeded(replica, "rejected");
                 Attempt::Failed(EngineError::Rejected(format!(
                     "The upstream engine refused the request{detail}"
@@ -227,9 +230,13 @@ impl UpstreamEngine {
             }
             code => {
                 self.health.failed(replica, "error");
-                Attempt::Failed(EngineError::BadGateway(format!(
-                    "The upstream engine answered HTTP {code}{detail}"
-                )))
+                let detail = message
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+                Attempt::Failed(bad_gateway(
+                    &replica.name,
+                    &format!("The upstream engine answered HTTP {code}"),
+                    detail,
+                ))
             }
         }
     }

@@ -38,6 +38,21 @@ use replicas::{Replica, ReplicaSet, Standing};
 /// Largest non-streamed answer or error body read from a replica.
 const BODY_CAP: usize = 16 * 1024 * 1024;
 
+/// A replica failure as a client may read it: the gateway's own `summary`
+/// and a reference. The replica's words and transport errors (`detail`) can
+/// carry its file paths, host names and address, so they go only to the
+/// log, under that reference.
+fn reported(replica: &str, summary: &str, detail: impl std::fmt::Display) -> String {
+    let reference = uuid::Uuid::new_v4().simple().to_string();
+    tracing::warn!(%reference, %replica, %detail, "{summary}");
+    format!("{summary} (reference {reference}).")
+}
+
+/// A 502 whose message is safe to show (see [`reported`]).
+fn bad_gateway(replica: &str, summary: &str, detail: impl std::fmt::Display) -> EngineError {
+    EngineError::BadGateway(reported(replica, summary, detail))
+}
+
 /// Request outcomes feed replica standing and metrics in one place.
 pub struct ReplicaHealth {
     metrics: Arc<Metrics>,

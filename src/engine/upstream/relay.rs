@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::ReplicaHealth;
 use super::replicas::Replica;
 use super::sse::SseDecoder;
 use super::wire::{self, UpstreamUsage};
+use super::{ReplicaHealth, bad_gateway};
 use crate::engine::{
     EngineError, EventStream, FinishReason, GenerationEvent, PromptMessage, TokenUsage,
 };
@@ -126,9 +126,11 @@ impl RelayContext {
         }
     }
 
-    fn broken(&self, message: String) -> EngineError {
+    /// `summary` is shown to the client; `detail` (the replica's bytes or a
+    /// transport error naming its address) is only logged.
+    fn broken(&self, summary: &str, detail: impl std::fmt::Display) -> EngineError {
         self.health.failed(&self.replica, "error");
-        EngineError::BadGateway(message)
+        bad_gateway(&self.replica.name, summary, detail)
     }
 
     fn stalled(&self) -> EngineError {
@@ -157,13 +159,13 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 }
                 Ok(None) => (decoder.finish().into_iter().collect(), true),
                 Ok(Some(Err(error))) => {
-                    yield Err(context.broken(format!("The upstream stream broke: {error}.")));
+                    yield Err(context.broken("The upstream stream broke", error));
                     return;
                 }
                 Ok(Some(Ok(bytes))) => match decoder.push(&bytes) {
                     Ok(events) => (events, false),
                     Err(problem) => {
-                        yield Err(context.broken(format!("The upstream stream is unreadable: {problem}.")));
+                        yield Err(context.broken("The upstream stream is unreadable", problem));
                         return;
                     }
                 },
@@ -175,7 +177,7 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 let frame = match wire::parse_frame(&data) {
                     Ok(frame) => frame,
                     Err(problem) => {
-                        yield Err(context.broken(format!("The upstream engine sent a bad stream frame: {problem}")));
+                        yield Err(context.broken("The upstream engine sent a bad stream frame", problem));
                         return;
                     }
                 };
@@ -184,7 +186,7 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 if !frame.text.is_empty() {
                     relayed += frame.text.len();
                     if relayed > context.body_cap {
-                        yield Err(context.broken(format!("The upstream answer is over {} bytes.", context.body_cap)));
+                        yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "stream"));
                         return;
                     }
                     context.progress.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +204,7 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
                 yield Ok(GenerationEvent::Finished { reason, usage });
             }
-            None => yield Err(context.broken("The upstream stream ended before the answer finished.".into())),
+            None => yield Err(context.broken("The upstream stream ended before the answer finished", "no finish_reason before the end")),
         }
     })
 }
@@ -219,12 +221,12 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
                 }
                 Ok(None) => break,
                 Ok(Some(Err(error))) => {
-                    yield Err(context.broken(format!("The upstream answer broke off: {error}.")));
+                    yield Err(context.broken("The upstream answer broke off", error));
                     return;
                 }
                 Ok(Some(Ok(chunk))) => {
                     if body.len() + chunk.len() > context.body_cap {
-                        yield Err(context.broken(format!("The upstream answer is over {} bytes.", context.body_cap)));
+                        yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "whole answer"));
                         return;
                     }
                     body.extend_from_slice(&chunk);
@@ -240,7 +242,7 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
                 }
                 yield Ok(GenerationEvent::Finished { reason: answer.finish, usage });
             }
-            Err(problem) => yield Err(context.broken(format!("The upstream engine sent a bad answer: {problem}."))),
+            Err(problem) => yield Err(context.broken("The upstream engine sent a bad answer", problem)),
         }
     })
 }
