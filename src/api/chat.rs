@@ -30,6 +30,7 @@ use crate::error::{ApiError, ErrorResponse};
         (status = 400, description = "Invalid parameter, or prompt plus `max_tokens` over the context (`context_length_exceeded`).", body = ErrorResponse),
         (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
         (status = 413, description = "Body over the configured size cap.", body = ErrorResponse),
+        (status = 415, description = "The body is not declared as JSON (`unsupported_media_type`).", body = ErrorResponse),
         (status = 500, description = "Engine failure; the message carries a reference, never internals.", body = ErrorResponse),
         (status = 502, description = "With `[upstream]`: a replica failed, answered nonsense or could not be reached (`upstream_error`).", body = ErrorResponse),
         (status = 503, description = "At capacity or still loading; see `Retry-After`.", body = ErrorResponse),
