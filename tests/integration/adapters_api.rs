@@ -3,7 +3,7 @@
 //! `options`: which PEFT options are refused; `writes`: how uploads reach
 //! the store.
 
-mod common;
+use crate::common;
 #[path = "adapters_api/options.rs"]
 mod options;
 #[path = "adapters_api/writes.rs"]
@@ -12,7 +12,7 @@ mod writes;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key, tiny_adapter};
+use crate::common::{MODEL, TestServer, authed, chat_body, client, metric, new_key, tiny_adapter};
 use loragate::fixture::lora::{AdapterSpec, adapter_config, write_adapter};
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! need several gateways sharing Redis, or a gateway that is killed.
 
 use std::io::Write;
-use std::path::PathBuf;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -194,10 +194,6 @@ fn answers_ok(address: &str, path: &str) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
-}
-
-pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_loragate"))
 }
 
 /// `mock-upstream`, a stand-in OpenAI-compatible replica, as its own process.

@@ -2,13 +2,11 @@
 //! HTTP: another loragate running the real engine, and `mock-upstream`
 //! replicas that name themselves in their answers (and fail on purpose).
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{GatewayProcess, MockUpstream, free_port};
-use common::{client, metrics_text, sample, tiny_adapter, tiny_model_dir};
+use crate::common::process::{GatewayProcess, MockUpstream, free_port};
+use crate::common::{client, metrics_text, sample, tiny_adapter, tiny_model_dir};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 

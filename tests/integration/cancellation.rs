@@ -1,12 +1,12 @@
 //! Admission control and client disconnects, observed through the engine's
 //! own sampled-token counter.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::Duration;
 
-use common::{MODEL, TestServer, chat_body, client, settled_metric};
+use crate::common::{MODEL, TestServer, chat_body, client, settled_metric};
 use futures_util::StreamExt;
 use serde_json::json;
 

@@ -9,7 +9,7 @@ use super::{answer, files_of, form};
 
 /// `adapter_config.json` as peft 0.21.2's `save_pretrained` writes it for
 /// r=8 on q_proj/v_proj (`tests/fixtures/peft-0.21.2/derive.py`).
-const PEFT_CONFIG: &str = include_str!("../fixtures/peft-0.21.2/adapter_config.json");
+const PEFT_CONFIG: &str = include_str!("../../fixtures/peft-0.21.2/adapter_config.json");
 
 async fn post(server: &TestServer, config: Vec<u8>, weights: Vec<u8>) -> (u16, Value) {
     let response = client()

@@ -1,9 +1,7 @@
 //! Every failure a client can cause, answered in OpenAI's error envelope with
 //! OpenAI's status, over real HTTP.
 
-mod common;
-
-use common::{MODEL, TestServer, chat_body, client};
+use crate::common::{MODEL, TestServer, chat_body, client};
 use serde_json::{Value, json};
 
 async fn post_raw(server: &TestServer, body: impl Into<reqwest::Body>) -> (u16, Value) {

@@ -2,12 +2,10 @@
 //! a foreign web page or a foreign network could send it, over real HTTP;
 //! and start-up refuses open mode off loopback and placeholder secrets.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{MODEL, TestServer, chat_body, client, tiny_adapter, tiny_model_dir};
+use crate::common::{MODEL, TestServer, chat_body, client, tiny_adapter, tiny_model_dir};
 use serde_json::Value;
 
 /// Open mode exactly as an operator would write it: no admin opening.

@@ -3,12 +3,12 @@
 //! Each test uses its own key prefix on the shared Redis at 127.0.0.1:6379,
 //! or its own redis-server when it needs to stop Redis.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{GatewayProcess, RedisProcess};
-use common::{MODEL, authed, chat_body, new_key, unique_prefix};
+use crate::common::process::{GatewayProcess, RedisProcess};
+use crate::common::{MODEL, authed, chat_body, new_key, unique_prefix};
 use futures_util::StreamExt;
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";

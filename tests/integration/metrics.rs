@@ -1,9 +1,9 @@
 //! Metric names follow Prometheus conventions and label sets stay bounded
 //! whatever clients send.
 
-mod common;
+use crate::common;
 
-use common::{TestServer, chat_body, client};
+use crate::common::{TestServer, chat_body, client};
 
 async fn exposition(server: &TestServer) -> String {
     common::metrics_text(&server.base).await

@@ -1,8 +1,8 @@
 //! The chat and models routes over real HTTP, on the tiny fixture model.
 
-mod common;
+use crate::common;
 
-use common::{MODEL, TestServer, chat_body, client, sse_data};
+use crate::common::{MODEL, TestServer, chat_body, client, sse_data};
 use serde_json::{Value, json};
 
 async fn complete(server: &TestServer, body: &Value) -> Value {

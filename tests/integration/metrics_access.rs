@@ -2,10 +2,10 @@
 //! listener of its own keeps it from the public, over real HTTP against the
 //! real binary.
 
-mod common;
+use crate::common;
 
-use common::process::{GatewayProcess, free_port};
-use common::{client, new_key};
+use crate::common::process::{GatewayProcess, free_port};
+use crate::common::{client, new_key};
 
 /// Auth on with two tenants, whose ids the exposition would reveal.
 fn tenants(metrics: &str) -> String {

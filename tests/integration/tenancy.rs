@@ -1,11 +1,11 @@
 //! Tenants over real HTTP: credentials, scopes, model isolation, limits and
 //! their headers, usage metering.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{MODEL, TestServer, authed, chat_body, client, new_key};
+use crate::common::{MODEL, TestServer, authed, chat_body, client, new_key};
 use serde_json::Value;
 
 struct Keys {

@@ -3,7 +3,7 @@
 //! whose weights were merged independently (W + alpha/r · B·A, computed by
 //! the project's own code, not the engine's).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,8 +1,6 @@
 //! Test harness: the real gateway, on the tiny fixture model, over real HTTP
 //! on a loopback port.
 
-#![allow(dead_code)]
-
 pub mod process;
 pub mod reference;
 

@@ -2,12 +2,14 @@
 //! reading, requests refused by limits, oversized prompts and stop strings,
 //! each over real HTTP with the real engine.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{MODEL, TestServer, authed, chat_body, client, metric, new_key, settled_metric};
+use crate::common::{
+    MODEL, TestServer, authed, chat_body, client, metric, new_key, settled_metric,
+};
 use serde_json::{Value, json};
 
 fn sampled() -> String {
