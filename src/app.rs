@@ -91,6 +91,7 @@ impl AppState {
         let residency = Residency::new(
             store.clone(),
             config.adapters.max_resident,
+            config.adapters.max_resident_bytes,
             config.adapters.load_timeout,
             metrics.clone(),
         );

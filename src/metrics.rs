@@ -47,6 +47,9 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Rendering and tokenizing prompts (only for requests within limits).
     pub prompt_tokenization: Histogram,
+    /// Requests of each tenant waiting for a slot, and how long they waited.
+    pub tenant_queue_depth: IntGaugeVec,
+    pub tenant_queue_wait: HistogramVec,
     pub admission_rejections: IntCounterVec,
     // Tenancy and limits.
     pub ratelimit_rejections: IntCounterVec,
@@ -114,7 +117,7 @@ impl Metrics {
         }
         let build_info = opts("build_info", "Build of the running gateway (value 1).")
             .const_label("version", env!("CARGO_PKG_VERSION"))
-            .const_label("engine", "mistralrs-0.8.1")
+            .const_label("engines", "shared-base,mistralrs-0.8.1")
             .const_label(
                 "cuda",
                 if cfg!(feature = "cuda") {
@@ -190,6 +193,23 @@ impl Metrics {
                     .buckets(REQUEST_BUCKETS.to_vec()),
                 )
                 .expect("valid metric"),
+            ),
+            tenant_queue_depth: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "tenant_queue_depth",
+                        "Requests of a tenant waiting for a generation slot.",
+                    ),
+                    &["tenant"],
+                )
+                .expect("valid metric"),
+            ),
+            tenant_queue_wait: histogram(
+                "tenant_queue_wait_seconds",
+                "Time a tenant's requests waited for a generation slot (fair admission).",
+                &["tenant"],
+                REQUEST_BUCKETS,
             ),
             prompt_tokenization: register(
                 &registry,
@@ -298,6 +318,8 @@ impl Metrics {
                 self.adapter_loads.with_label_values(&[tenant, result]);
             }
             self.adapter_evictions.with_label_values(&[tenant]);
+            self.tenant_queue_depth.with_label_values(&[tenant]);
+            self.tenant_queue_wait.with_label_values(&[tenant]);
         }
     }
 

@@ -263,6 +263,13 @@ def build():
                  [(f"sum by (reason) ({rate('loragate_admission_rejections_total')})", "{{reason}}")], "reqps", stack=True)
 
     # ------------------------------------------------------------ tenancy, Redis
+    d.row("Fair share between tenants")
+    d.timeseries("Queued requests by tenant", "Requests of each tenant waiting for a slot. Under fair admission a tenant holds at most its weighted share of a full queue.",
+                 [(f"sum by (tenant) ({sel('loragate_tenant_queue_depth', TENANT)})", "{{tenant}}")], "short")
+    d.timeseries("Queue wait by tenant (p95)", "How long each tenant's requests waited for a slot; a tenant within its share should not wait behind another's burst.",
+                 quantiles("loragate_tenant_queue_wait_seconds", "tenant", TENANT, qs=(0.95,)), "s")
+    d.timeseries("Admitted requests by tenant", "Generations started per second by tenant: under contention their ratio follows the tenants' weights.",
+                 [(f"sum by (tenant) ({rate(sel('loragate_tenant_queue_wait_seconds_count', TENANT))})", "{{tenant}}")], "reqps")
     d.row("Tenancy, limits and Redis")
     d.timeseries("Rate-limit rejections by tenant and limit", "429s by tenant and limit (requests, tokens, concurrency).",
                  [(f"sum by (tenant, limit) ({rate(sel('loragate_ratelimit_rejections_total', TENANT))})", "{{tenant}} {{limit}}")],

@@ -3,6 +3,10 @@
 //! use or on upload, one load per adapter at a time however many requests
 //! wait for it, unloaded least-recently-used first when the budget is full,
 //! and a replaced generation is unloaded only once its last request is done.
+//!
+//! The budget is in bytes (what each loaded adapter really holds: its own
+//! tensors on the shared-base engine, a whole copy of the base on mistral.rs),
+//! with an optional cap on the count as well.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,13 +37,22 @@ struct Slot {
 #[derive(Default)]
 struct State {
     resident: HashMap<String, Slot>,
-    loading: HashMap<String, Load>,
+    /// Loads in progress, with the bytes each is expected to take.
+    loading: HashMap<String, (Load, u64)>,
     clock: u64,
+}
+
+impl State {
+    fn bytes(&self) -> u64 {
+        self.resident.values().map(|slot| slot.bytes).sum::<u64>()
+            + self.loading.values().map(|(_, bytes)| bytes).sum::<u64>()
+    }
 }
 
 pub struct Residency {
     store: Arc<AdapterStore>,
     max_resident: usize,
+    max_bytes: u64,
     load_timeout: Duration,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -90,12 +103,14 @@ impl Residency {
     pub fn new(
         store: Arc<AdapterStore>,
         max_resident: usize,
+        max_bytes: u64,
         load_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Residency {
         Residency {
             store,
             max_resident,
+            max_bytes,
             load_timeout,
             metrics,
             state: Mutex::new(State::default()),
@@ -143,7 +158,7 @@ impl Residency {
                     });
                 }
                 match state.loading.get(&id) {
-                    Some(load) => Some(load.clone()),
+                    Some((load, _)) => Some(load.clone()),
                     None => match self.start_load(&mut state, engine.clone(), record, &id) {
                         Ok(load) => Some(load),
                         // Every slot is serving a request: wait for one to finish.
@@ -174,7 +189,11 @@ impl Residency {
         record: &AdapterRecord,
         id: &str,
     ) -> Result<Load, AdapterError> {
-        while state.resident.len() + state.loading.len() >= self.max_resident {
+        // Until loaded, an adapter is expected to hold about its file's size.
+        let expected = record.size_bytes;
+        while state.resident.len() + state.loading.len() >= self.max_resident
+            || (state.bytes() + expected > self.max_bytes && !state.resident.is_empty())
+        {
             let victim = state
                 .resident
                 .iter()
@@ -243,7 +262,9 @@ impl Residency {
         let load: Load = async move { task.await.map_err(|e| e.to_string())? }
             .boxed()
             .shared();
-        state.loading.insert(id.to_string(), load.clone());
+        state
+            .loading
+            .insert(id.to_string(), (load.clone(), expected));
         Ok(load)
     }
 

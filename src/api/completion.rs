@@ -158,13 +158,22 @@ fn claim_of(tenant: &Tenant) -> Claim {
 
 async fn admit(state: &AppState, tenant: &Tenant) -> Result<AdmissionPermit, ApiError> {
     let waiting_since = Instant::now();
+    let depth = state
+        .metrics
+        .tenant_queue_depth
+        .with_label_values(&[&tenant.id]);
     state.metrics.queue_depth.inc();
+    depth.inc();
     let admitted = state.admission.admit(&claim_of(tenant)).await;
     state.metrics.queue_depth.dec();
+    depth.dec();
+    let waited = waiting_since.elapsed().as_secs_f64();
+    state.metrics.queue_wait.observe(waited);
     state
         .metrics
-        .queue_wait
-        .observe(waiting_since.elapsed().as_secs_f64());
+        .tenant_queue_wait
+        .with_label_values(&[&tenant.id])
+        .observe(waited);
     admitted.map_err(|rejection| {
         let reason = match rejection {
             AdmissionError::QueueFull => "queue_full",

@@ -129,6 +129,7 @@ impl SharedBaseEngine {
             pool,
             SchedulerConfig {
                 max_sequences: settings.max_num_seqs,
+                policy: settings.scheduling,
                 max_step_tokens: settings.max_step_tokens,
             },
             receiver,

@@ -13,9 +13,11 @@ use super::config::LlamaConfig;
 use super::kv::SequenceCache;
 use super::lora::{Module, RowGroup};
 
-/// A weight matrix and, for Qwen2's q/k/v, its bias.
+/// A weight matrix and, for Qwen2's q/k/v, its bias. Kept transposed
+/// (`[in, out]`, contiguous): multiplying a few rows by it is several times
+/// faster than by a transposed view, and it costs no extra memory.
 struct Projection {
-    weight: Tensor,
+    weight_t: Tensor,
     bias: Option<Tensor>,
     module: Module,
 }
@@ -30,7 +32,7 @@ impl Projection {
         let (input, output) = module.dims(config);
         let vb = vb.pp(module.block()).pp(module.name());
         Ok(Projection {
-            weight: vb.get((output, input), "weight")?,
+            weight_t: vb.get((output, input), "weight")?.t()?.contiguous()?,
             bias: if bias {
                 Some(vb.get(output, "bias")?)
             } else {
@@ -47,7 +49,7 @@ impl Projection {
         layer: usize,
         groups: &[RowGroup<'_>],
     ) -> candle_core::Result<Tensor> {
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let mut y = x.matmul(&self.weight_t)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -69,14 +71,13 @@ struct Layer {
 
 pub struct Model {
     pub config: LlamaConfig,
-    /// The output projection is the embedding (tied weights).
-    tied: bool,
     pub dtype: DType,
     device: Device,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    /// `[hidden, vocab]`, contiguous (a copy even when tied to the embedding).
+    lm_head_t: Tensor,
     /// RoPE tables by position: `[max_positions, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
@@ -147,16 +148,16 @@ impl Model {
         } else {
             vb.get((config.vocab, config.hidden), "lm_head.weight")?
         };
+        let lm_head_t = lm_head.t()?.contiguous()?;
         let (cos, sin) = rope_tables(&config, dtype, device)?;
         Ok(Model {
             config,
-            tied,
             dtype,
             device: device.clone(),
             embed,
             layers,
             norm,
-            lm_head,
+            lm_head_t,
             cos,
             sin,
         })
@@ -167,23 +168,21 @@ impl Model {
         let tensors = self.layers.iter().flat_map(|l| {
             [
                 &l.input_norm,
-                &l.q.weight,
-                &l.k.weight,
-                &l.v.weight,
-                &l.o.weight,
+                &l.q.weight_t,
+                &l.k.weight_t,
+                &l.v.weight_t,
+                &l.o.weight_t,
                 &l.post_norm,
-                &l.gate.weight,
-                &l.up.weight,
-                &l.down.weight,
+                &l.gate.weight_t,
+                &l.up.weight_t,
+                &l.down.weight_t,
             ]
         });
         let mut bytes: usize = tensors
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum();
-        bytes += (self.embed.elem_count() + self.norm.elem_count()) * self.dtype.size_in_bytes();
-        if !self.tied {
-            bytes += self.lm_head.elem_count() * self.dtype.size_in_bytes();
-        }
+        bytes += (self.embed.elem_count() + self.norm.elem_count() + self.lm_head_t.elem_count())
+            * self.dtype.size_in_bytes();
         bytes
     }
 
@@ -219,7 +218,7 @@ impl Model {
         let picked = Tensor::new(step.sample_rows.as_slice(), &self.device)?;
         let last = x.index_select(&picked, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        let logits = last.matmul(&self.lm_head.t()?)?;
+        let logits = last.matmul(&self.lm_head_t)?;
         logits.to_dtype(DType::F32)?.to_vec2::<f32>()
     }
 }

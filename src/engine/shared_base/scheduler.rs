@@ -22,6 +22,7 @@ use super::lora::RowGroup;
 use super::model::{Model, StepRows};
 use super::sequence::Sequence;
 use crate::engine::EngineError;
+use crate::engine::admission::Policy;
 
 /// What the engine thread is told.
 pub enum Command {
@@ -32,6 +33,9 @@ pub enum Command {
 pub struct SchedulerConfig {
     /// Sequences in one step at most.
     pub max_sequences: usize,
+    /// `Fair`: the batch is shared by tenant weight, pausing the sequences of
+    /// a tenant over its share when another one waits. `Fifo`: oldest first.
+    pub policy: crate::engine::admission::Policy,
     /// Rows (tokens) in one step at most; prompts are chunked to fit.
     pub max_step_tokens: usize,
 }
@@ -72,6 +76,7 @@ impl Scheduler {
                 return;
             }
             self.drop_finished();
+            self.make_room_for_the_fair_share();
             self.admit();
             if self.running.is_empty() {
                 continue;
@@ -134,6 +139,9 @@ impl Scheduler {
     /// admitted fairly by the gateway does not wait here behind another
     /// tenant's backlog.
     fn next_waiting(&self) -> Option<usize> {
+        if self.config.policy == Policy::Fifo {
+            return (!self.waiting.is_empty()).then_some(0);
+        }
         let running = |tenant: &str| {
             self.running
                 .iter()
@@ -155,8 +163,62 @@ impl Scheduler {
             .map(|(index, _)| index)
     }
 
+    /// A tenant's share of the batch: its weight over the weights of every
+    /// tenant with a sequence running or waiting.
+    fn batch_share(&self, tenant: &str) -> f64 {
+        let mut weights: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for sequence in self.running.iter().chain(self.waiting.iter().map(|s| &**s)) {
+            weights.insert(&sequence.claim.tenant, sequence.claim.weight.max(1));
+        }
+        let total: u32 = weights.values().sum();
+        let own = weights.get(tenant).copied().unwrap_or(1);
+        self.config.max_sequences as f64 * f64::from(own) / f64::from(total.max(1))
+    }
+
+    fn running_of(&self, tenant: &str) -> usize {
+        self.running
+            .iter()
+            .filter(|s| s.claim.tenant == tenant)
+            .count()
+    }
+
+    /// When the batch is full and the next waiting sequence's tenant runs
+    /// fewer sequences than its share, pauses the newest sequence of the
+    /// tenant furthest over its share. A paused sequence keeps its cache and
+    /// resumes where it stopped when there is room; nothing is recomputed.
+    fn make_room_for_the_fair_share(&mut self) {
+        if self.config.policy != Policy::Fair || self.running.len() < self.config.max_sequences {
+            return;
+        }
+        let Some(next) = self.next_waiting() else {
+            return;
+        };
+        let claim = self.waiting[next].claim.clone();
+        if self.running_of(&claim.tenant) as f64 + 1.0 > self.batch_share(&claim.tenant) {
+            return;
+        }
+        let victim = self
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.claim.priority <= claim.priority)
+            .map(|(index, s)| {
+                let excess =
+                    self.running_of(&s.claim.tenant) as f64 - self.batch_share(&s.claim.tenant);
+                (excess, index)
+            })
+            .filter(|(excess, _)| *excess >= 1.0)
+            // The furthest over its share; among its sequences, the newest.
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, index)| index);
+        if let Some(index) = victim {
+            let paused = self.running.remove(index);
+            self.waiting.push_back(Box::new(paused));
+        }
+    }
+
     /// Moves waiting sequences in while the batch and the KV budget have
-    /// room for their whole budget.
+    /// room for their whole budget (a paused sequence already holds its).
     fn admit(&mut self) {
         while self.running.len() < self.config.max_sequences {
             let Some(index) = self.next_waiting() else {
@@ -165,6 +227,10 @@ impl Scheduler {
             let Some(mut sequence) = self.waiting.remove(index) else {
                 return;
             };
+            if sequence.cache.is_some() {
+                self.running.push(*sequence);
+                continue;
+            }
             let tokens = sequence.prompt_len + sequence.max_tokens;
             let config = &self.model.config;
             match self.pool.allocate(config, tokens, DType::F32, &self.device) {
