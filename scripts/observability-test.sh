@@ -69,8 +69,8 @@ prometheus_port=$(free_port)
 dead_redis_port=$(free_port)   # nothing listens there
 # The admin key goes into the existing [auth] table (environment overrides
 # take scalars only); `enabled` is set through the environment below.
-grep -qx '\[auth\]' config/default.toml || { log "config/default.toml has no [auth] table"; exit 1; }
-{ awk -v hash="$admin_hash" '{ print } $0 == "[auth]" { printf "admin_api_keys = [\"%s\"]\n", hash }' config/default.toml
+grep -qx '\[auth\]' config/gguf.toml || { log "config/gguf.toml has no [auth] table"; exit 1; }
+{ awk -v hash="$admin_hash" '{ print } $0 == "[auth]" { printf "admin_api_keys = [\"%s\"]\n", hash }' config/gguf.toml
   printf '\n[redis]\nurl = "redis://127.0.0.1:%s/0"\non_failure = "fail_open"\ntimeout_ms = 100\n' "$dead_redis_port"
   printf '\n[[tenants]]\nid = "alpha"\napi_keys = ["%s"]\n' "$alpha_hash"
   printf '\n[[tenants]]\nid = "beta"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 2\n' "$beta_hash"

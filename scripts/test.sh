@@ -47,13 +47,18 @@ cargo fmt --check
 log "building (dev profile: dependencies at -O3, the gateway at -O2)"
 cargo build --locked --bins --tests
 
+log "the default model converted to safetensors (the form adapters apply to)"
+DEFAULT_MODEL_DIR=$(bash scripts/convert-default-model.sh)
+
 log "Rust tests"
 cargo test --locked -- --test-threads="${LORAGATE_TEST_THREADS:-2}"
+log "shared-base engine on the default model against mistral.rs and independent merges"
+LORAGATE_SMOLLM2_DIR="$DEFAULT_MODEL_DIR" cargo test --locked --test integration shared_base:: -- --ignored
 
-log "openai SDK end to end on the default model ($MODEL_PATH)"
+log "openai SDK end to end on the default model (shared-base engine, converted $MODEL_PATH)"
 start_gateway config/default.toml
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
-  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py tests/sdk/test_demo_adapters.py
 
 log "the same SDK tests through a second gateway relaying to it ([upstream])"
 cat > "$scratch/relay.toml" <<TOML
@@ -73,9 +78,8 @@ LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
 kill "${pids[-1]}" "${pids[-2]}"
 
-log "the default model converted to safetensors (the adapter route): same SDK tests"
-bash scripts/convert-default-model.sh >/dev/null
-start_gateway config/adapters.toml
+log "the default model's GGUF on mistral.rs (config/gguf.toml): same SDK tests"
+start_gateway config/gguf.toml
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
 kill "${pids[-1]}"
@@ -93,7 +97,7 @@ read -r sdk_key sdk_hash < <(new_key --tenant sdk)
 read -r admin_key admin_hash < <(new_key --admin)
 { sed -e "s|^path = .*|path = \"$tiny\"|" -e 's|^format = "gguf"|format = "safetensors"|' \
       -e 's|^dtype = .*|dtype = "f32"|' -e "s|^enabled = false|enabled = true\\nadmin_api_keys = [\"$admin_hash\"]|" \
-      config/default.toml
+      config/gguf.toml
   printf '\n[[tenants]]\nid = "schema"\napi_keys = ["%s"]\n' "$schema_hash"
   printf '\n[[tenants]]\nid = "sdk"\napi_keys = ["%s"]\n[tenants.limits]\nrequests_per_minute = 3\n' "$sdk_hash"
 } > "$LORAGATE_CACHE/tiny-tenants.toml"

@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::adapters::seed::{Seeded, seed_all};
 use crate::app;
 use crate::config::{Config, EngineKind, ModelConfig};
 use crate::engine::Engine;
@@ -24,12 +25,35 @@ pub async fn load_engine(
     })
 }
 
+/// Stores the configuration's seed adapters that are not in the store yet.
+async fn seed_adapters(state: &app::AppState, config: &Config) -> anyhow::Result<()> {
+    let seeds = &config.adapters.seeds;
+    if seeds.is_empty() {
+        return Ok(());
+    }
+    let outcomes = seed_all(&state.store, seeds, state.base_shape, state.adapter_limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("config key `adapters.seed`: {e}"))?;
+    for outcome in outcomes {
+        match outcome {
+            Seeded::Stored(record) => {
+                tracing::info!(tenant = %record.tenant, adapter = %record.name, generation = record.generation, "seeded adapter stored")
+            }
+            Seeded::AlreadyPresent(record) => {
+                tracing::debug!(tenant = %record.tenant, adapter = %record.name, generation = record.generation, "seeded adapter already in the store")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Serves until the server stops (Ctrl-C / SIGTERM drain in-flight requests).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let running = app::bind(&config)?;
     for address in &running.addresses {
         tracing::info!(%address, "listening");
     }
+    seed_adapters(&running.state, &config).await?;
     if let Some(upstream) = &config.upstream {
         let engine = UpstreamEngine::start(
             upstream,

@@ -2,6 +2,7 @@
 //! uploads staged on disk while they arrive, and residency in the engine.
 
 pub mod residency;
+pub mod seed;
 pub mod staging;
 pub mod store;
 pub mod validate;

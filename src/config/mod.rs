@@ -84,8 +84,20 @@ pub struct AdaptersConfig {
     pub max_rank: usize,
     pub max_bytes: u64,
     pub max_resident: usize,
+    pub max_resident_bytes: u64,
     pub load_timeout: Duration,
     pub warm_on_upload: bool,
+    pub seeds: Vec<AdapterSeed>,
+}
+
+/// An adapter stored at start-up unless its name already has a generation:
+/// a first run serves it, and an admin's later upload is never overwritten.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSeed {
+    pub tenant: String,
+    pub name: String,
+    pub dir: PathBuf,
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +120,8 @@ pub struct ModelConfig {
     pub engine: EngineKind,
     pub kv_cache_bytes: Option<usize>,
     pub max_step_tokens: usize,
+    /// The engine's own queue follows the admission policy.
+    pub scheduling: crate::engine::admission::Policy,
     pub context_length: Option<usize>,
     pub max_num_seqs: usize,
     pub prefix_cache_entries: usize,
@@ -263,7 +277,7 @@ fn validate(
             return Err(ConfigError::key(
                 "model.path",
                 format!(
-                    "{} is not a model directory with config.json",
+                    "{} is not a model directory with config.json (scripts/convert-default-model.sh writes the default model's)",
                     path.display()
                 ),
             ));
@@ -374,11 +388,22 @@ fn validate(
     let metrics = exposure::metrics(raw.metrics, bind, environment)?;
     let redis = raw.redis.map(tenancy::redis).transpose()?;
     let tenants = tenancy::tenants(raw.tenants, &auth.admin_keys)?;
-    let adapters = raw.adapters;
-    if adapters.max_rank == 0 || adapters.max_resident == 0 || adapters.load_timeout_secs == 0 {
+    let mut adapters = raw.adapters;
+    let seeds = adapter_seeds(
+        std::mem::take(&mut adapters.seed),
+        &auth,
+        &tenants,
+        &model.served_name,
+        base_dir,
+    )?;
+    if adapters.max_rank == 0
+        || adapters.max_resident == 0
+        || adapters.resident_mib == 0
+        || adapters.load_timeout_secs == 0
+    {
         return Err(ConfigError::key(
             "adapters",
-            "max_rank, max_resident and load_timeout_secs must be positive",
+            "max_rank, max_resident, resident_mib and load_timeout_secs must be positive",
         ));
     }
     let adapters = AdaptersConfig {
@@ -386,8 +411,10 @@ fn validate(
         max_rank: adapters.max_rank,
         max_bytes: adapters.max_bytes,
         max_resident: adapters.max_resident,
+        max_resident_bytes: adapters.resident_mib << 20,
         load_timeout: Duration::from_secs(adapters.load_timeout_secs),
         warm_on_upload: adapters.warm_on_upload,
+        seeds,
     };
     let upstream = raw
         .upstream
@@ -426,6 +453,10 @@ fn validate(
             engine,
             kv_cache_bytes: model.kv_cache_mib.map(|mib| mib << 20),
             max_step_tokens: model.max_step_tokens,
+            scheduling: match admission.policy {
+                raw::AdmissionPolicy::Fair => crate::engine::admission::Policy::Fair,
+                raw::AdmissionPolicy::Fifo => crate::engine::admission::Policy::Fifo,
+            },
             context_length: model.context_length,
             max_num_seqs: model.max_num_seqs,
             prefix_cache_entries: model.prefix_cache_entries,
@@ -453,6 +484,57 @@ fn validate(
         upstream,
         metrics,
     })
+}
+
+/// Each seed names a tenant that exists, a valid adapter name, and a folder
+/// holding the two files peft writes.
+fn adapter_seeds(
+    raw: Vec<raw::RawAdapterSeed>,
+    auth: &AuthConfig,
+    tenants: &[TenantConfig],
+    served_name: &str,
+    base_dir: &Path,
+) -> Result<Vec<AdapterSeed>, ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, seed)| {
+            let key = |field: &str| format!("adapters.seed[{index}].{field}");
+            let tenant = seed.tenant.unwrap_or_else(|| "anonymous".into());
+            let known = tenants.iter().any(|t| t.id == tenant)
+                || (!auth.enabled && tenant == "anonymous");
+            if !known {
+                return Err(ConfigError::key(
+                    &key("tenant"),
+                    format!("`{tenant}` is not a configured tenant (`anonymous` exists only while auth is off)"),
+                ));
+            }
+            if !crate::adapters::valid_name(&seed.name) || seed.name == served_name {
+                return Err(ConfigError::key(
+                    &key("name"),
+                    "use 1-64 characters of a-z, 0-9, '-', '_' and '.', not the base model's name",
+                ));
+            }
+            if !seen.insert((tenant.clone(), seed.name.clone())) {
+                return Err(ConfigError::key(&key("name"), "seeded twice for this tenant"));
+            }
+            let dir = expand_path(&seed.path, base_dir);
+            for file in ["adapter_config.json", "adapter_model.safetensors"] {
+                if !dir.join(file).is_file() {
+                    return Err(ConfigError::key(
+                        &key("path"),
+                        format!("{} has no {file}", dir.display()),
+                    ));
+                }
+            }
+            Ok(AdapterSeed {
+                tenant,
+                name: seed.name,
+                dir,
+                shared: seed.shared,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,16 +49,37 @@ pub struct RawAdapters {
     /// Largest accepted `adapter_model.safetensors`.
     #[serde(default = "default_max_adapter_bytes")]
     pub max_bytes: u64,
-    /// Adapter models kept loaded at once; the least recently used idle one
-    /// is unloaded to make room. Each is a full copy of the base weights.
+    /// Adapters kept loaded at once, at most; the least recently used idle
+    /// one is unloaded to make room.
     #[serde(default = "default_max_resident")]
     pub max_resident: usize,
+    /// Memory loaded adapters may hold, in MiB: their own tensors on the
+    /// shared-base engine, a whole copy of the base each on mistral.rs.
+    #[serde(default = "default_resident_mib")]
+    pub resident_mib: u64,
     /// Longest wait for an adapter to load before the request gets a 503.
     #[serde(default = "default_load_timeout_secs")]
     pub load_timeout_secs: u64,
     /// Load a new adapter (or generation) into the engine as soon as it is uploaded.
     #[serde(default = "default_true")]
     pub warm_on_upload: bool,
+    /// Adapters stored at start-up when their name has none yet.
+    #[serde(default)]
+    pub seed: Vec<RawAdapterSeed>,
+}
+
+/// An adapter folder shipped with the configuration (the demo tenants').
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdapterSeed {
+    /// Owner; `anonymous` (every caller while authentication is off) when absent.
+    pub tenant: Option<String>,
+    pub name: String,
+    /// A peft folder (adapter_config.json, adapter_model.safetensors),
+    /// relative to this file's folder.
+    pub path: String,
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl Default for RawAdapters {
@@ -68,8 +89,10 @@ impl Default for RawAdapters {
             max_rank: default_max_rank(),
             max_bytes: default_max_adapter_bytes(),
             max_resident: default_max_resident(),
+            resident_mib: default_resident_mib(),
             load_timeout_secs: default_load_timeout_secs(),
             warm_on_upload: true,
+            seed: Vec::new(),
         }
     }
 }
@@ -87,7 +110,11 @@ fn default_max_adapter_bytes() -> u64 {
 }
 
 fn default_max_resident() -> usize {
-    4
+    100_000
+}
+
+fn default_resident_mib() -> u64 {
+    4096
 }
 
 fn default_load_timeout_secs() -> u64 {

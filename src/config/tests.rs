@@ -316,3 +316,112 @@ fn a_placeholder_jwt_secret_is_refused_by_key_and_variable() {
         Some(random.as_bytes().to_vec())
     );
 }
+
+fn seed_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::write(dir.path().join(file), b"{}").expect("write");
+    }
+    dir
+}
+
+#[test]
+fn adapter_seeds_resolve_their_folder_and_default_to_the_open_caller() {
+    let (file, folder) = (model_file(), seed_folder());
+    let text = format!(
+        "{}[auth]\nenabled = false\n[[adapters.seed]]\nname = \"pirate\"\npath = \"{}\"\n",
+        minimal(file.path()),
+        folder.path().display()
+    );
+    let config = Config::from_toml_str(&text, no_env(), Path::new("/")).unwrap();
+    assert_eq!(
+        config.adapters.seeds,
+        vec![AdapterSeed {
+            tenant: "anonymous".into(),
+            name: "pirate".into(),
+            dir: folder.path().to_path_buf(),
+            shared: false,
+        }]
+    );
+}
+
+#[test]
+fn adapter_seeds_are_refused_by_key() {
+    let (file, folder) = (model_file(), seed_folder());
+    let seed = |fields: &str| {
+        format!(
+            "{}[auth]\nenabled = false\n[[adapters.seed]]\n{fields}\n",
+            minimal(file.path())
+        )
+    };
+    let path = folder.path().display().to_string();
+    let cases = [
+        (
+            seed(&format!("name = \"UPPER\"\npath = \"{path}\"")),
+            "adapters.seed[0].name",
+        ),
+        (
+            seed(&format!("name = \"m\"\npath = \"{path}\"")),
+            "adapters.seed[0].name",
+        ),
+        (
+            seed("name = \"pirate\"\npath = \"/nonexistent/folder\""),
+            "adapters.seed[0].path",
+        ),
+        (
+            seed(&format!(
+                "tenant = \"nobody\"\nname = \"pirate\"\npath = \"{path}\""
+            )),
+            "adapters.seed[0].tenant",
+        ),
+        (
+            format!(
+                "{}[auth]\nenabled = false\n[[adapters.seed]]\nname = \"pirate\"\npath = \"{path}\"\n[[adapters.seed]]\nname = \"pirate\"\npath = \"{path}\"\n",
+                minimal(file.path())
+            ),
+            "adapters.seed[1].name",
+        ),
+    ];
+    for (text, key) in cases {
+        let error = Config::from_toml_str(&text, no_env(), Path::new("/")).unwrap_err();
+        assert_eq!(key_of(error), key, "{text}");
+    }
+}
+
+#[test]
+fn the_shipped_configs_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["default.toml", "gguf.toml"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("read config");
+        // The model files are fetched later; only their existence is checked,
+        // so point the model at a file that exists.
+        let (file, folder) = (model_file(), tempfile::tempdir().expect("temp dir"));
+        std::fs::write(folder.path().join("config.json"), b"{}").expect("write");
+        let model = match name {
+            "gguf.toml" => file.path().to_path_buf(),
+            _ => folder.path().to_path_buf(),
+        };
+        let text = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("path = \"~/") {
+                    format!("path = \"{}\"", model.display())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::from_toml_str(&text, no_env(), &dir)
+            .unwrap_or_else(|e| panic!("config/{name}: {e}"));
+        if name == "default.toml" {
+            let names: Vec<&str> = config
+                .adapters
+                .seeds
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, ["pirate", "support", "shouty"]);
+        }
+    }
+}
