@@ -163,7 +163,7 @@ class Book:
 
 
 class Gateway:
-    def __init__(self, name, model, port, process, log, supports_adapters, max_tokens, pid_file=None):
+    def __init__(self, name, model, port, process, log, supports_adapters, max_tokens):
         self.name, self.model, self.port = name, model, port
         self.process, self.log = process, log
         self.supports_adapters = supports_adapters
