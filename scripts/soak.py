@@ -378,7 +378,7 @@ async def admin_op(gateway, book, admin_key, op, method, path, body=b"", content
     return json.loads(text) if ok else None
 
 
-async def admin_client(gateway, book, admin_key, adapter_dirs, deadline, seed, rollbacks):
+async def admin_client(gateway, book, admin_key, adapter_dirs, deadline, seed):
     rng = random.Random(seed)
     path = "/admin/v1/tenants/busy/adapters"
 
@@ -398,7 +398,7 @@ async def admin_client(gateway, book, admin_key, adapter_dirs, deadline, seed, r
         await asyncio.sleep(rng.uniform(5, 12))
         if time.monotonic() >= deadline:
             break
-        if n % 3 == 0 and rollbacks:
+        if n % 3 == 0:
             answer = await admin_op(gateway, book, admin_key, "adapter_rollback", "POST",
                                     f"{path}/soak/rollback", b"", headers={"If-Match": f'"{generation}"'})
         else:
@@ -542,8 +542,7 @@ async def soak(args, gateways, keys, admin_key, adapter_dirs):
         tasks += [cancel_client(gateway, book, keys, deadline, seed + 100 + n) for n in range(2)]
         tasks.append(limited_client(gateway, book, keys, deadline, seed + 200))
         if gateway.supports_adapters:
-            tasks.append(admin_client(gateway, book, admin_key, adapter_dirs, deadline, seed + 300,
-                                      not args.no_rollbacks))
+            tasks.append(admin_client(gateway, book, admin_key, adapter_dirs, deadline, seed + 300))
     if not args.no_redis_restart:
         tasks.append(restart_redis(book, duration * 0.4))
 
@@ -662,9 +661,6 @@ def main():
     parser.add_argument("--clients", type=int, default=12, help="busy clients per gateway")
     parser.add_argument("--drain-streams", type=int, default=6)
     parser.add_argument("--no-redis-restart", action="store_true")
-    parser.add_argument("--no-rollbacks", action="store_true",
-                        help="replace adapters but never roll back (a rollback races chats that already "
-                             "chose the generation it discards: they answer 500)")
     parser.add_argument("--no-growth-target", action="store_true",
                         help="report RSS and fd growth without a target (runs too short to settle)")
     parser.add_argument("--work", required=True, help="scratch folder: configs, logs, adapter stores")
