@@ -82,7 +82,7 @@ struct Seen {
 
 /// One request, checked; returns the usage the client saw.
 async fn one(base: &str, http: &reqwest::Client, i: usize) -> Result<Seen, String> {
-    let stream = i % 2 == 0;
+    let stream = i.is_multiple_of(2);
     // Half as in the issue, half restricted to ASCII for the exact count.
     let exact = i % 4 >= 2;
     let mut body = json!({

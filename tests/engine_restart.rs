@@ -220,11 +220,11 @@ async fn a_dying_engine_retries_what_sent_nothing_and_ends_streams_with_an_error
     // 3. Requests handed to the held engine: they have sent their clients
     // nothing when it dies.
     let before = sent.load(Ordering::SeqCst);
-    let queued: Vec<_> = (0..4)
+    let queued: Vec<_> = (0..4usize)
         .map(|i| {
             let (http, url) = (http.clone(), url.clone());
             tokio::spawn(async move {
-                let stream = i % 2 == 0;
+                let stream = i.is_multiple_of(2);
                 let response = http
                     .post(&url)
                     .json(&body(&format!("queued {i}"), stream))
