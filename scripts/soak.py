@@ -340,12 +340,17 @@ async def cancel_client(gateway, book, keys, deadline, seed):
 
 async def limited_client(gateway, book, keys, deadline, seed):
     rng = random.Random(seed)
-    sent = []
+    sent = set()
     while time.monotonic() < deadline:
-        # Six times its requests_per_minute, whatever the answers take: past
-        # its burst, most are refused with 429.
-        sent.append(asyncio.create_task(chat(gateway, book, keys["limited"], "limited", "limited_chat",
-                                             gateway.model, rng.randint(1, 16), rng.random() < 0.5, rng)))
+        # Six times its requests_per_minute whatever the answers take, so
+        # past its burst most are refused with 429; but never more than four
+        # outstanding, so a slow model is not buried under a backlog the
+        # admission queue then times out (503s that measure the CPU, not
+        # the gateway).
+        sent = {task for task in sent if not task.done()}
+        if len(sent) < 4:
+            sent.add(asyncio.create_task(chat(gateway, book, keys["limited"], "limited", "limited_chat",
+                                              gateway.model, rng.randint(1, 16), rng.random() < 0.5, rng)))
         await asyncio.sleep(60 / (6 * LIMITED_RPM))
     await asyncio.gather(*sent)
 
@@ -538,7 +543,8 @@ async def soak(args, gateways, keys, admin_key, adapter_dirs):
     tasks = []
     for i, gateway in enumerate(gateways):
         seed = 1000 * i
-        tasks += [busy_client(gateway, book, keys, deadline, seed + n) for n in range(args.clients)]
+        clients = args.default_clients if gateway.name == "default" else args.clients
+        tasks += [busy_client(gateway, book, keys, deadline, seed + n) for n in range(clients)]
         tasks += [cancel_client(gateway, book, keys, deadline, seed + 100 + n) for n in range(2)]
         tasks.append(limited_client(gateway, book, keys, deadline, seed + 200))
         if gateway.supports_adapters:
@@ -564,8 +570,9 @@ async def soak(args, gateways, keys, admin_key, adapter_dirs):
     metered = {g.name: await metrics(g) for g in gateways}
     drains = {}
     for gateway in gateways:
+        # Short answers: they must finish inside the server's shutdown grace.
         drains[gateway.name] = await drain_at_sigterm(gateway, keys["drain"], args.drain_streams,
-                                                      gateway.max_tokens)
+                                                      min(gateway.max_tokens, args.drain_max_tokens))
     return report(args, gateways, book, samples, metered, drains, time.monotonic() - started)
 
 
@@ -653,13 +660,16 @@ def main():
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--warmup", type=float, default=120, help="seconds before the 'warm' sample")
     parser.add_argument("--default-config", help="serve this config's [model] (e.g. config/default.toml)")
-    parser.add_argument("--default-max-tokens", type=int, default=96)
+    parser.add_argument("--default-max-tokens", type=int, default=64)
     parser.add_argument("--tiny-model", help="folder of the tiny fixture model (loragate tiny-model)")
     parser.add_argument("--tiny-engine", default="auto", choices=["auto", "mistralrs", "shared_base"])
     parser.add_argument("--tiny-max-tokens", type=int, default=256)
     parser.add_argument("--adapter", action="append", help="tiny-model adapter folder (repeat)")
-    parser.add_argument("--clients", type=int, default=12, help="busy clients per gateway")
-    parser.add_argument("--drain-streams", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=12, help="busy clients on the tiny model")
+    parser.add_argument("--default-clients", type=int, default=4,
+                        help="busy clients on the default model (slower: a few keep its slots busy)")
+    parser.add_argument("--drain-streams", type=int, default=4)
+    parser.add_argument("--drain-max-tokens", type=int, default=32)
     parser.add_argument("--no-redis-restart", action="store_true")
     parser.add_argument("--no-growth-target", action="store_true",
                         help="report RSS and fd growth without a target (runs too short to settle)")
