@@ -466,6 +466,7 @@ async def drain_at_sigterm(gateway, key, count, max_tokens):
                 break
         buffers.append(buffer)
     gateway.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     finished = 0
     for (response, chunks), buffer in zip(streams, buffers):
         try:
@@ -478,12 +479,13 @@ async def drain_at_sigterm(gateway, key, count, max_tokens):
         if response.status == 200 and frames and frames[-1] == "[DONE]" and ended and '"error"' not in buffer:
             finished += 1
         response.close()
+    ended_after = time.monotonic() - signalled
     try:
         code = await asyncio.wait_for(asyncio.to_thread(gateway.process.wait), 120)
     except asyncio.TimeoutError:
         gateway.process.kill()
         code = "killed"
-    return count, finished, code
+    return count, finished, code, ended_after
 
 
 # --------------------------------------------------------------------- main
@@ -630,10 +632,10 @@ def report(args, gateways, book, samples, metered, drains, elapsed):
         print(f"| {gateway.name} | {s['start'][0] // 1024} MiB | {warm[0] // 1024} MiB | {s['end'][0] // 1024} MiB | "
               f"{rss_growth:+.1f}% | {s['start'][1]} | {warm[1]} | {s['end'][1]} | {fd_growth:+.1f}% |")
 
-    print("\n| gateway | streams in flight at SIGTERM | finished | exit code | panics in log |")
-    print("|---|---|---|---|---|")
+    print("\n| gateway | streams in flight at SIGTERM | finished | streams ended after | exit code | panics in log |")
+    print("|---|---|---|---|---|---|")
     for gateway in gateways:
-        in_flight, finished, code = drains[gateway.name]
+        in_flight, finished, code, ended_after = drains[gateway.name]
         log = gateway.log.read_text(errors="replace")
         panics = log.count("panicked at")
         if finished != in_flight:
@@ -642,7 +644,7 @@ def report(args, gateways, book, samples, metered, drains, elapsed):
             missed.append(f"{gateway.name}: exit code {code} after SIGTERM")
         if panics:
             missed.append(f"{gateway.name}: {panics} panics in {gateway.log}")
-        print(f"| {gateway.name} | {in_flight} | {finished} | {code} | {panics} |")
+        print(f"| {gateway.name} | {in_flight} | {finished} | {ended_after:.1f}s | {code} | {panics} |")
 
     print()
     if missed:
