@@ -107,6 +107,9 @@ LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct LORAGATE_TENANT_KEY="$s
   "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_tenancy_sdk.py
 kill "${pids[-1]}"
 
+log "one-minute soak on the tiny model: no 5xx, exact metering, no panic, clean SIGTERM"
+bash scripts/soak.sh --ci
+
 log "deployment files"
 LORAGATE_BIN="$LORAGATE_BIN" bash scripts/check-deploy.sh
 log "Prometheus against the live gateway: every dashboard and alert expression"

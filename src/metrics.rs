@@ -8,8 +8,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for time to first token, from a cached prompt to a long prefill
@@ -40,6 +40,9 @@ pub struct Metrics {
     pub prompt_tokens: IntCounterVec,
     pub completion_tokens: IntCounterVec,
     pub finished: IntCounterVec,
+    /// Generations started again because the engine failed before
+    /// producing anything (an engine that stopped and restarted).
+    pub engine_retries: IntCounter,
     pub time_to_first_token: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub generation_duration: HistogramVec,
@@ -164,6 +167,14 @@ impl Metrics {
                 "requests_finished_total",
                 "Generations by outcome: stop, length, cancelled, error.",
                 &["tenant", "model", "reason"],
+            ),
+            engine_retries: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "engine_retries_total",
+                    "Generations retried once because the engine failed before producing anything.",
+                ))
+                .expect("valid metric"),
             ),
             time_to_first_token: histogram(
                 "time_to_first_token_seconds",

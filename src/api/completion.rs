@@ -257,7 +257,7 @@ pub async fn start(
     let routed = resolved.load(state, &engine).await?;
     request.model = routed.engine_model;
     let started = Instant::now();
-    let (events, progress) = generate_retrying_once(&engine, request).await?;
+    let (events, progress) = generate_retrying_once(state, &engine, request).await?;
     settlement.generating(prompt_tokens, progress);
     let outcome = Outcome::new(state.metrics.clone(), &tenant.id, &resolved.label, started);
     let engine_side = EngineSide {
@@ -285,10 +285,12 @@ pub async fn start(
 }
 
 /// Starts the generation and waits for its first event. An engine failure
-/// before anything was generated (mistral.rs restarts its engine thread
-/// after a panic, failing whatever it held) is retried once: the client has
-/// seen nothing yet. The first event is put back in front of the stream.
+/// at the start or as the first event (mistral.rs restarts its engine
+/// thread after a panic, failing whatever it held) is retried once: the
+/// client has seen nothing yet. The first event is put back in front of the
+/// stream.
 async fn generate_retrying_once(
+    state: &AppState,
     engine: &std::sync::Arc<dyn crate::engine::Engine>,
     request: crate::engine::GenerationRequest,
 ) -> Result<
@@ -300,20 +302,29 @@ async fn generate_retrying_once(
 > {
     let mut retried = false;
     loop {
-        let GenerationStream {
-            mut events,
-            progress,
-        } = engine.generate(request.clone()).await?;
-        let first = events.next().await;
-        let nothing_generated = progress.load(std::sync::atomic::Ordering::Relaxed) == 0;
+        let (first, started) = match engine.generate(request.clone()).await {
+            Ok(GenerationStream {
+                mut events,
+                progress,
+            }) => (events.next().await, Some((events, progress))),
+            Err(error) => (Some(Err(error)), None),
+        };
+        // Tokens the engine may already have sampled do not matter: none
+        // reached the client, and the failed attempt is not charged.
         if let Some(Err(EngineError::Internal(cause))) = &first
-            && nothing_generated
             && !retried
         {
-            tracing::warn!(error = %cause, "the engine failed before generating anything; retrying once");
+            tracing::warn!(error = %cause, "the engine failed before the client got anything; retrying once");
+            state.metrics.engine_retries.inc();
             retried = true;
             continue;
         }
+        let Some((events, progress)) = started else {
+            return Err(first
+                .and_then(Result::err)
+                .map(ApiError::from)
+                .unwrap_or_else(|| ApiError::engine("the engine did not start")));
+        };
         let events = futures_util::stream::iter(first).chain(events).boxed();
         return Ok((events, progress));
     }

@@ -85,6 +85,8 @@ pub struct Resolved {
     pub adapter: Option<AdapterRecord>,
     /// Bounded metric label: the base name or the adapter's name.
     pub label: String,
+    /// The requesting tenant (an adapter it does not own must stay shared).
+    tenant: String,
 }
 
 pub fn resolve(
@@ -106,6 +108,7 @@ pub fn resolve(
         card,
         adapter,
         label,
+        tenant: tenant.id.clone(),
     })
 }
 
@@ -130,7 +133,34 @@ impl Resolved {
                 lease: None,
             });
         };
-        let lease = state.residency.acquire(engine.clone(), record).await?;
+        // A rollback or delete while this request waited (for its limits,
+        // its prompt's measuring, admission) discards the generation it
+        // resolved, files and all. What the name serves now serves it.
+        let current = |record: &AdapterRecord| {
+            state
+                .store
+                .current(&record.tenant, &record.name)
+                .filter(|now| now.shared || now.tenant == self.tenant)
+        };
+        let mut record =
+            current(record).ok_or_else(|| ApiError::ModelNotFound(self.label.clone()))?;
+        let mut retried = false;
+        let lease = loop {
+            match state.residency.acquire(engine.clone(), &record).await {
+                Ok(lease) => break lease,
+                // The same, between the check above and the load's reading
+                // of the files: once.
+                Err(error) if !retried => match current(&record) {
+                    Some(now) if now.generation != record.generation => {
+                        record = now;
+                        retried = true;
+                    }
+                    Some(_) => return Err(error.into()),
+                    None => return Err(ApiError::ModelNotFound(self.label.clone())),
+                },
+                Err(error) => return Err(error.into()),
+            }
+        };
         if engine.model(&lease.engine_id).is_none() {
             return Err(ApiError::engine(format!(
                 "adapter {} vanished after loading",

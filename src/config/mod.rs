@@ -354,6 +354,10 @@ fn validate(
             "the shared-base engine computes in f32 on CPU (f16/bf16 weights are converted at load); set f32 or auto",
         ));
     }
+    if !remote && model.prefix_cache_entries > 0 {
+        prefix_cache_supported(engine, paged_attention.is_some())
+            .map_err(|why| ConfigError::key("model.prefix_cache_entries", why))?;
+    }
     if model.max_step_tokens == 0 {
         return Err(ConfigError::key(
             "model.max_step_tokens",
@@ -535,6 +539,36 @@ fn adapter_seeds(
             })
         })
         .collect()
+}
+
+/// Whether an in-process engine can keep a prefix cache; why not otherwise.
+///
+/// mistral.rs 0.8.1's sequence-level prefix cache (the one used without
+/// paged attention) hands a new sequence the stored KV cache of an earlier,
+/// longer one, trimmed in length but not in capacity: the cache tensors grow
+/// in steps of 512 tokens, so the restored sequence carries a capacity its own
+/// length would not have. The scheduler batches sequences by length and
+/// `NormalCacheManager::clone_in_cache` copies every sequence's cache into a
+/// batch tensor shaped like the first one's, so two sequences of the same
+/// length and different capacities panic the engine thread
+/// (`kv_cache/mod.rs:329`, "shape mismatch on dim 2, 1024 <> 512"), failing
+/// every request it held. Paged attention replaces that cache with blocks and
+/// prefix caching with block hashes, which this does not touch.
+pub fn prefix_cache_supported(engine: EngineKind, paged_attention: bool) -> Result<(), String> {
+    match engine {
+        EngineKind::Mistralrs if paged_attention => Ok(()),
+        EngineKind::Mistralrs => Err(
+            "must be 0 unless model.paged_attention is enabled: mistral.rs 0.8.1's prefix cache \
+             restores a KV cache with the capacity of the longer sequence it was stored from \
+             (caches grow in steps of 512 tokens), and batching it with a sequence of another \
+             capacity panics the engine (mistralrs-core kv_cache/mod.rs:329, \
+             \"shape mismatch on dim 2, 1024 <> 512\"), failing every request in flight"
+                .into(),
+        ),
+        EngineKind::SharedBase | EngineKind::Auto => {
+            Err("the shared-base engine has no prefix cache; set it to 0 or remove the key".into())
+        }
+    }
 }
 
 #[cfg(test)]

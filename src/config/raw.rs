@@ -232,7 +232,8 @@ pub struct RawModel {
     /// Sequences the engine batches together in one step.
     #[serde(default = "default_max_num_seqs")]
     pub max_num_seqs: usize,
-    /// Prompts kept in the prefix cache; 0 disables it.
+    /// Prompts kept in mistral.rs's prefix cache; 0 disables it. Only with
+    /// paged attention (see `config::prefix_cache_supported`).
     #[serde(default = "default_prefix_cache")]
     pub prefix_cache_entries: usize,
     /// Tokens generated when a request sets no `max_tokens`; the rest of the

@@ -425,3 +425,62 @@ fn the_shipped_configs_validate() {
         }
     }
 }
+
+#[test]
+fn the_prefix_cache_is_refused_where_it_panics_the_engine() {
+    let file = model_file();
+    let text = format!("{}prefix_cache_entries = 16\n", minimal(file.path()));
+    let error = Config::from_toml_str(&text, no_env(), Path::new("/")).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("model.prefix_cache_entries"), "{message}");
+    assert!(
+        message.contains("mistral.rs 0.8.1") && message.contains("kv_cache/mod.rs:329"),
+        "the refusal names the engine bug: {message}"
+    );
+    // The same through the environment, as a deployment would override it.
+    let error = Config::from_toml_str(
+        &minimal(file.path()),
+        env(&[("LORAGATE__MODEL__PREFIX_CACHE_ENTRIES", "4")]),
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert_eq!(key_of(error), "model.prefix_cache_entries");
+    let off = format!("{}prefix_cache_entries = 0\n", minimal(file.path()));
+    let config = Config::from_toml_str(&off, no_env(), Path::new("/")).unwrap();
+    assert_eq!(config.model.prefix_cache_entries, 0);
+    assert_eq!(
+        Config::from_toml_str(&minimal(file.path()), no_env(), Path::new("/"))
+            .unwrap()
+            .model
+            .prefix_cache_entries,
+        0,
+        "off by default"
+    );
+}
+
+#[test]
+fn the_prefix_cache_policy_allows_only_paged_mistralrs() {
+    assert!(prefix_cache_supported(EngineKind::Mistralrs, true).is_ok());
+    assert!(prefix_cache_supported(EngineKind::Mistralrs, false).is_err());
+    assert!(prefix_cache_supported(EngineKind::SharedBase, false).is_err());
+    assert!(prefix_cache_supported(EngineKind::SharedBase, true).is_err());
+}
+
+#[test]
+fn the_shipped_configs_keep_the_prefix_cache_off() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "config/default.toml",
+        "config/gguf.toml",
+        "deploy/config/container.toml",
+        "deploy/kubernetes/base/configmap.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("shipped config");
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("prefix_cache_entries"))
+        {
+            assert!(line.trim_end().ends_with("= 0"), "{file}: {line}");
+        }
+    }
+}

@@ -110,6 +110,29 @@ impl MistralEngine {
         &self.model
     }
 
+    /// The engine's request queue. A closed one belongs to an engine thread
+    /// still unwinding from a panic; mistral.rs starts a new engine on the
+    /// first `get_sender` after that thread has ended, so this waits for it
+    /// (bounded) instead of failing the request.
+    async fn live_sender(&self, model: &str) -> Result<mpsc::Sender<Request>, EngineError> {
+        const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+        const POLLS: usize = 100;
+        for _ in 0..POLLS {
+            let sender = self
+                .model
+                .inner()
+                .get_sender(Some(model))
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            if !sender.is_closed() {
+                return Ok(sender);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Err(EngineError::Unavailable(
+            "the engine stopped and did not restart".into(),
+        ))
+    }
+
     fn check_model(&self, model: &str) -> Result<(), EngineError> {
         if model == self.card.id || self.adapters.read().contains_key(model) {
             Ok(())
@@ -350,15 +373,12 @@ impl Engine for MistralEngine {
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         self.check_model(&request.model)?;
-        let sender = self
-            .model
-            .inner()
-            .get_sender(Some(&request.model))
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let sender = self.live_sender(&request.model).await?;
         let request_tokens = Arc::new(AtomicU64::new(0));
         let tap = SamplerTap {
             sampled_tokens: self.sampled_tokens.clone(),
             request_tokens: request_tokens.clone(),
+            max_tokens: request.max_tokens as u64,
             logit_bias: request.sampling.logit_bias.clone(),
             bias_tensor: OnceLock::new(),
         };
@@ -385,17 +405,20 @@ impl Engine for MistralEngine {
             model_id: Some(request.model.clone()),
             truncate_sequence: false,
         };
+        // Failing here means the engine died since `live_sender`: nothing
+        // was generated, so the caller may retry.
         sender
             .send(Request::Normal(Box::new(normal)))
             .await
-            .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
+            .map_err(|_| EngineError::Internal("engine stopped".into()))?;
         let budget = TokenBudget {
             prompt_tokens: request.prompt_tokens,
             max_tokens: request.max_tokens,
             sampled: request_tokens.clone(),
         };
+        let engine = EngineLiveness { sender };
         Ok(GenerationStream {
-            events: Box::pin(events(rx, StopScanner::new(request.stop), budget)),
+            events: Box::pin(events(rx, StopScanner::new(request.stop), budget, engine)),
             progress: request_tokens,
         })
     }
@@ -410,6 +433,7 @@ struct SamplerTap {
     /// This request's own count: its completion length, even when the
     /// engine never sends a final chunk.
     request_tokens: Arc<AtomicU64>,
+    max_tokens: u64,
     logit_bias: HashMap<u32, f32>,
     bias_tensor: OnceLock<Tensor>,
 }
@@ -417,7 +441,14 @@ struct SamplerTap {
 impl CustomLogitsProcessor for SamplerTap {
     fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
         self.sampled_tokens.inc();
-        self.request_tokens.fetch_add(1, Ordering::Relaxed);
+        // 0.8.1 can run the sampler once more after the last token it sends
+        // (257 samples for max_tokens 256): what a cancelled or failed
+        // generation is charged stops at the budget, as its output does.
+        let _ = self
+            .request_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_tokens).then_some(n + 1)
+            });
         if self.logit_bias.is_empty() {
             return Ok(logits.clone());
         }
@@ -484,8 +515,12 @@ impl TokenBudget {
     /// mistral.rs 0.8.1 sends no final chunk when the last token ends inside
     /// a multi-byte character; it simply drops the sender. Reaching the
     /// budget explains that; anything else ended the sequence naturally.
+    fn reached(&self) -> bool {
+        self.sampled.load(Ordering::Relaxed) as usize >= self.max_tokens
+    }
+
     fn silent_end_reason(&self) -> FinishReason {
-        if self.sampled.load(Ordering::Relaxed) as usize >= self.max_tokens {
+        if self.reached() {
             FinishReason::Length
         } else {
             FinishReason::Stop
@@ -493,10 +528,39 @@ impl TokenBudget {
     }
 }
 
+/// Tells a generation the engine ended from one whose engine thread died.
+///
+/// mistral.rs runs each model's engine on a thread of its own; a panic there
+/// (an `unwrap` in its scheduler or KV cache) unwinds the thread, dropping
+/// every sequence it held, the requests still queued for it, and the queue's
+/// receiver. Each of those requests sees its response channel close without
+/// a last chunk, exactly as a sequence that ends silently does (see
+/// [`TokenBudget::silent_end_reason`]). The queue tells the two apart: it is
+/// closed only when the engine is gone. The next `get_sender` restarts the
+/// engine.
+struct EngineLiveness {
+    sender: mpsc::Sender<Request>,
+}
+
+impl EngineLiveness {
+    /// How long a dying engine may take to drop its queue after its
+    /// sequences: both happen in the same unwind, so this is only ever
+    /// waited out by a sequence that really ended silently short of its
+    /// budget (a rare end inside a multi-byte character).
+    const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+    async fn stopped(&self) -> bool {
+        tokio::time::timeout(Self::UNWIND_GRACE, self.sender.closed())
+            .await
+            .is_ok()
+    }
+}
+
 fn events(
     mut rx: mpsc::Receiver<Response>,
     mut stops: StopScanner,
     budget: TokenBudget,
+    engine: EngineLiveness,
 ) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
     async_stream::stream! {
         let mut leading = LeadingSpace::default();
@@ -520,6 +584,14 @@ fn events(
                     return;
                 }
                 None => {
+                    // At the budget a silent end is the engine's normal one;
+                    // the client already has every token it asked for.
+                    if !budget.reached() && engine.stopped().await {
+                        yield Err(EngineError::Internal(
+                            "the engine stopped during this generation (it is restarted for the next request)".into(),
+                        ));
+                        return;
+                    }
                     let tail = stops.finish();
                     if !tail.is_empty() {
                         yield Ok(GenerationEvent::Delta { text: tail, logprobs: Vec::new() });

@@ -766,3 +766,108 @@ async fn a_shared_adapter_is_usable_by_every_tenant_by_its_owners_name() {
         .collect();
     assert_eq!(ids, vec![MODEL, "acme/house"]);
 }
+
+/// Holds generations whose prompt is "hold" until the gate opens.
+struct HoldingEngine {
+    inner: std::sync::Arc<dyn loragate::engine::Engine>,
+    open: tokio::sync::watch::Receiver<bool>,
+    held: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+#[async_trait::async_trait]
+impl loragate::engine::Engine for HoldingEngine {
+    fn models(&self) -> Vec<loragate::engine::ModelCard> {
+        self.inner.models()
+    }
+    async fn count_prompt_tokens(
+        &self,
+        model: &str,
+        messages: &[loragate::engine::PromptMessage],
+    ) -> Result<loragate::engine::PromptTokens, loragate::engine::EngineError> {
+        self.inner.count_prompt_tokens(model, messages).await
+    }
+    async fn generate(
+        &self,
+        request: loragate::engine::GenerationRequest,
+    ) -> Result<loragate::engine::GenerationStream, loragate::engine::EngineError> {
+        if request.messages.iter().any(|m| m.content == "hold") {
+            let _ = self.held.send(());
+            let _ = self.open.clone().wait_for(|open| *open).await;
+        }
+        self.inner.generate(request).await
+    }
+    async fn load_adapter(
+        &self,
+        id: &str,
+        adapter: &loragate::engine::AdapterFiles,
+    ) -> Result<u64, loragate::engine::EngineError> {
+        self.inner.load_adapter(id, adapter).await
+    }
+    async fn unload_adapter(&self, id: &str) -> Result<(), loragate::engine::EngineError> {
+        self.inner.unload_adapter(id).await
+    }
+}
+
+/// A chat resolves its adapter's generation when it arrives and loads it
+/// once admitted. A rollback in between discards that generation's files
+/// (found by scripts/soak.sh: such chats answered 500); the chat is served
+/// by what the name serves once it is admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_waiting_for_a_slot_survives_a_rollback_of_its_generation() {
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let (held, mut holding) = tokio::sync::mpsc::unbounded_channel();
+    let server = TestServer::with_engine("", &[("admission.max_in_flight", "1")], move |inner| {
+        std::sync::Arc::new(HoldingEngine { inner, open, held })
+    });
+    let (first, second) = (tiny_adapter(41), tiny_adapter(42));
+    assert_eq!(
+        upload(&server, "bot", first.path(), None).await.status(),
+        201
+    );
+    let (_, output_one) = answer(&server, "bot").await;
+    assert_eq!(
+        upload(&server, "bot", second.path(), Some(1))
+            .await
+            .status(),
+        201
+    );
+    // The only slot, held by a base-model chat the engine has not started.
+    let holder = tokio::spawn(
+        client()
+            .post(server.url("/v1/chat/completions"))
+            .json(&chat_body("hold", 4))
+            .send(),
+    );
+    // The holder has its slot once the engine is asked to generate.
+    holding.recv().await.expect("the holder reached the engine");
+    let depth = "loragate_admission_queue_depth";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let base = server.base.clone();
+    let waiting = tokio::spawn(async move {
+        let mut body = chat_body("Tell me something", 16);
+        body["model"] = "bot".into();
+        let response = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    });
+    while metric(&server, depth).await < 1.0 {
+        assert!(Instant::now() < deadline, "the adapter chat never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rolled = rollback(&server, "bot").await;
+    assert_eq!(rolled.status(), 200);
+    gate.send(true).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    let (status, text) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], output_one,
+        "generation 1 serves it, as the name does now"
+    );
+}

@@ -9,6 +9,8 @@ mod adapters_api;
 mod cancellation;
 mod chat_api;
 mod cli;
+mod concurrent_load;
+mod engine_restart;
 mod errors;
 mod fairness;
 mod isolation;

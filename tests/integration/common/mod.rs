@@ -14,6 +14,8 @@ use loragate::engine::Engine;
 
 pub const MODEL: &str = "tiny";
 
+pub type LoadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Engine>> + Send>>;
+
 /// The tiny model, written once per test binary.
 pub fn tiny_model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -83,6 +85,25 @@ impl TestServer {
         overrides: &[(&str, &str)],
         wrap: impl FnOnce(Arc<dyn Engine>) -> Arc<dyn Engine> + Send + 'static,
     ) -> TestServer {
+        TestServer::with_loader(extra, overrides, move |model, counter| {
+            Box::pin(async move {
+                let engine = loragate::server::load_engine(&model, counter)
+                    .await
+                    .expect("tiny model loads");
+                wrap(engine)
+            })
+        })
+    }
+
+    /// Like `with_toml`, with the engine loaded by `load` from the model's
+    /// configuration (to keep a handle on a concrete engine).
+    pub fn with_loader(
+        extra: &str,
+        overrides: &[(&str, &str)],
+        load: impl FnOnce(loragate::config::ModelConfig, prometheus::IntCounter) -> LoadFuture
+        + Send
+        + 'static,
+    ) -> TestServer {
         let adapters = (!overrides.iter().any(|(key, _)| *key == "adapters.dir"))
             .then(|| tempfile::tempdir().expect("adapter store"));
         let mut environment: Vec<(String, String)> = overrides
@@ -112,10 +133,8 @@ impl TestServer {
             runtime.block_on(async move {
                 let running = loragate::app::bind(&config).expect("bind");
                 let counter = running.metrics.sampled_tokens.with_label_values(&[MODEL]);
-                let engine = loragate::server::load_engine(&config.model, counter)
-                    .await
-                    .expect("tiny model loads");
-                running.state.install_engine(wrap(engine));
+                let engine = load(config.model.clone(), counter).await;
+                running.state.install_engine(engine);
                 sender
                     .send((running.addresses[0], running.server.handle()))
                     .expect("report address");
