@@ -28,6 +28,7 @@ use super::stop::{Scan, StopScanner};
 use super::{
     AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
+    ToolSupport,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
 use crate::prompt::chat::{ChatPrompt, PromptError};
@@ -100,6 +101,10 @@ impl MistralEngine {
                 max_token_bytes,
                 // 0.8.1 reports base-10 logs of raw logits under greedy decoding.
                 logprobs: false,
+                // mistral.rs renders the template itself and, given tools,
+                // parses calls its own way; the gateway keeps tools to its
+                // preamble (forced calls, history written as text) here.
+                tools: ToolSupport::Preamble,
             },
             sampled_tokens,
         })
@@ -135,10 +140,7 @@ async fn probe_vocab_size(model: &Model, served: &str) -> anyhow::Result<usize> 
         model_id: Some(served.to_string()),
         ..NormalRequest::new_simple(
             RequestMessage::Chat {
-                messages: chat_messages(&[PromptMessage {
-                    role: super::Role::User,
-                    content: "hi".into(),
-                }]),
+                messages: chat_messages(&[PromptMessage::text(super::Role::User, "hi")]),
                 enable_thinking: None,
                 reasoning_effort: None,
             },
@@ -334,10 +336,12 @@ impl Engine for MistralEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
         self.check_model(model)?;
         let (prompt, messages) = (self.prompt.clone(), messages.to_vec());
-        let ids = crate::prompt::run_blocking(move || prompt.tokenize(&messages))
+        let tools = tools.map(<[serde_json::Value]>::to_vec);
+        let ids = crate::prompt::run_blocking(move || prompt.tokenize(&messages, tools.as_deref()))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?
             .map_err(|error| match error {
