@@ -30,7 +30,10 @@ async fn engine_on(dir: &Path, name: &str) -> MistralEngine {
 
 async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
     let messages = vec![PromptMessage::text(Role::User, prompt)];
-    let prompt = engine.count_prompt_tokens(model, &messages, None).await.unwrap();
+    let prompt = engine
+        .count_prompt_tokens(model, &messages, None)
+        .await
+        .unwrap();
     let request = GenerationRequest {
         model: model.into(),
         messages,

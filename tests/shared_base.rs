@@ -33,7 +33,10 @@ async fn engine_on(dir: &Path, name: &str, engine: &str) -> Arc<dyn Engine> {
 
 async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens: usize) -> String {
     let messages = vec![PromptMessage::text(Role::User, prompt)];
-    let prompt = engine.count_prompt_tokens(model, &messages, None).await.unwrap();
+    let prompt = engine
+        .count_prompt_tokens(model, &messages, None)
+        .await
+        .unwrap();
     let request = GenerationRequest {
         model: model.into(),
         messages,

@@ -102,17 +102,30 @@ fn assemble(frames: &[String]) -> (Vec<(String, String, String)>, String, Option
         if let Some(text) = choice["delta"]["content"].as_str() {
             content.push_str(text);
         }
-        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for call in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let index = call["index"].as_u64().unwrap() as usize;
             if index == calls.len() {
                 assert_eq!(call["type"], "function", "the first piece has the type");
                 calls.push((
-                    call["id"].as_str().expect("the first piece has the id").into(),
-                    call["function"]["name"].as_str().expect("and the name").into(),
+                    call["id"]
+                        .as_str()
+                        .expect("the first piece has the id")
+                        .into(),
+                    call["function"]["name"]
+                        .as_str()
+                        .expect("and the name")
+                        .into(),
                     String::new(),
                 ));
             } else {
-                assert!(call.get("id").is_none(), "later pieces carry only arguments");
+                assert!(
+                    call.get("id").is_none(),
+                    "later pieces carry only arguments"
+                );
             }
             calls[index].2 += call["function"]["arguments"].as_str().unwrap();
         }
@@ -128,10 +141,18 @@ async fn forced_calls_validate_against_the_schema() {
     let server = TestServer::start();
     let named = json!({"type": "function", "function": {"name": "get_weather"}});
     for choice in [named, json!("required")] {
-        let (status, completion) = post_json(&server, "/v1/chat/completions", &body(choice.clone(), false)).await;
+        let (status, completion) = post_json(
+            &server,
+            "/v1/chat/completions",
+            &body(choice.clone(), false),
+        )
+        .await;
         assert_eq!(status, 200, "{completion}");
         let message = &completion["choices"][0]["message"];
-        assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls", "{completion}");
+        assert_eq!(
+            completion["choices"][0]["finish_reason"], "tool_calls",
+            "{completion}"
+        );
         assert!(message["content"].is_null(), "{message}");
         let calls = message["tool_calls"].as_array().expect("tool_calls");
         assert_eq!(calls.len(), 1);
@@ -152,7 +173,8 @@ async fn forced_calls_stream_as_tool_call_deltas() {
     let server = TestServer::start();
     let named = json!({"type": "function", "function": {"name": "get_time"}});
     for choice in [named, json!("required")] {
-        let (status, text) = post(&server, "/v1/chat/completions", &body(choice.clone(), true)).await;
+        let (status, text) =
+            post(&server, "/v1/chat/completions", &body(choice.clone(), true)).await;
         assert_eq!(status, 200, "{text}");
         let frames = sse_data(&text);
         assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
@@ -190,7 +212,10 @@ async fn a_tool_round_trip_answers_with_text() {
     assert!(choice["message"].get("tool_calls").is_none());
     assert_eq!(choice["finish_reason"], "length");
     // The history was rendered: the prompt is longer than the question alone.
-    assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() > first["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert!(
+        answer["usage"]["prompt_tokens"].as_u64().unwrap()
+            > first["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,11 +231,17 @@ async fn auto_on_a_template_without_tools_is_refused_by_name() {
         assert_eq!(error["error"]["param"], "tool_choice");
         assert_eq!(error["error"]["type"], "invalid_request_error");
         let message = error["error"]["message"].as_str().unwrap();
-        assert!(message.contains("chat template declares no tool-call format"), "{message}");
+        assert!(
+            message.contains("chat template declares no tool-call format"),
+            "{message}"
+        );
     }
     let unknown = json!({"type": "function", "function": {"name": "nope"}});
     let (status, error) = post_json(&server, "/v1/chat/completions", &body(unknown, false)).await;
-    assert_eq!((status, error["error"]["param"].as_str()), (400, Some("tool_choice")));
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("tool_choice"))
+    );
 }
 
 fn response_body(stream: bool) -> Value {
@@ -232,8 +263,14 @@ async fn responses_are_created_with_usage() {
     assert_eq!(response["object"], "response");
     assert!(response["id"].as_str().unwrap().starts_with("resp_"));
     assert_eq!(response["model"], MODEL);
-    assert_eq!(response["status"], "incomplete", "10 tokens cut the answer off");
-    assert_eq!(response["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(
+        response["status"], "incomplete",
+        "10 tokens cut the answer off"
+    );
+    assert_eq!(
+        response["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
     let item = &response["output"][0];
     assert_eq!(item["type"], "message");
     assert_eq!(item["role"], "assistant");
@@ -247,10 +284,29 @@ async fn responses_are_created_with_usage() {
 
     let (status, text) = post(&server, "/v1/responses", &response_body(true)).await;
     assert_eq!(status, 200, "{text}");
-    let events: Vec<Value> = sse_data(&text).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds[..4], ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
-    assert_eq!(kinds[kinds.len() - 4..], ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.incomplete"]);
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.incomplete"
+        ]
+    );
     for (n, event) in events.iter().enumerate() {
         assert_eq!(event["sequence_number"], n as u64);
     }
@@ -259,7 +315,10 @@ async fn responses_are_created_with_usage() {
         .filter(|e| e["type"] == "response.output_text.delta")
         .map(|e| e["delta"].as_str().unwrap())
         .collect();
-    let done = events.iter().find(|e| e["type"] == "response.output_text.done").unwrap();
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.output_text.done")
+        .unwrap();
     assert_eq!(done["text"], deltas);
     let last = &events.last().unwrap()["response"];
     assert_eq!(last["usage"]["output_tokens"], 10);
@@ -293,14 +352,20 @@ async fn responses_function_calls_are_output_items() {
     let mut streamed = request.clone();
     streamed["stream"] = json!(true);
     let (_, text) = post(&server, "/v1/responses", &streamed).await;
-    let events: Vec<Value> = sse_data(&text).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     let arguments: String = events
         .iter()
         .filter(|e| e["type"] == "response.function_call_arguments.delta")
         .map(|e| e["delta"].as_str().unwrap())
         .collect();
     assert_valid_arguments("get_weather", &arguments);
-    let done = events.iter().find(|e| e["type"] == "response.output_item.done").unwrap();
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.done")
+        .unwrap();
     assert_eq!(done["item"]["arguments"], arguments);
     assert_eq!(events.last().unwrap()["type"], "response.completed");
 
@@ -322,13 +387,21 @@ async fn responses_function_calls_are_output_items() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stateless_responses_refuse_storage_with_the_envelope() {
     let server = TestServer::start();
-    for (field, value) in [("store", json!(true)), ("previous_response_id", json!("resp_123"))] {
+    for (field, value) in [
+        ("store", json!(true)),
+        ("previous_response_id", json!("resp_123")),
+    ] {
         let mut request = response_body(false);
         request[field] = value;
         let (status, error) = post_json(&server, "/v1/responses", &request).await;
         assert_eq!(status, 400, "{error}");
         assert_eq!(error["error"]["param"], field);
         assert_eq!(error["error"]["type"], "invalid_request_error");
-        assert!(error["error"]["message"].as_str().unwrap().contains("keeps no responses"));
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("keeps no responses")
+        );
     }
 }

@@ -574,27 +574,42 @@ async fn tool_calls_and_logprobs_pass_through() {
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["id"], "call_mock1");
     assert_eq!(call["function"]["name"], "get_weather");
-    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(arguments, json!({"city": "Paris", "days": 3}));
 
     let mut streamed = ask("fleet", true);
     streamed["tools"] = tools.clone();
-    let response = client().post(fleet.url("/v1/chat/completions")).json(&streamed).send().await.unwrap();
+    let response = client()
+        .post(fleet.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
     let frames = common::sse_data(&response.text().await.unwrap());
     let mut arguments = String::new();
     let mut id = None;
     let mut finish = None;
     for frame in frames.iter().filter(|f| f.as_str() != "[DONE]") {
         let chunk: Value = serde_json::from_str(frame).unwrap();
-        for call in chunk["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for call in chunk["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             assert_eq!(call["index"], 0);
             id = id.or(call["id"].as_str().map(str::to_string));
             arguments += call["function"]["arguments"].as_str().unwrap_or_default();
         }
-        finish = finish.or(chunk["choices"][0]["finish_reason"].as_str().map(str::to_string));
+        finish = finish.or(chunk["choices"][0]["finish_reason"]
+            .as_str()
+            .map(str::to_string));
     }
     assert_eq!(id.as_deref(), Some("call_mock1"));
-    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Paris", "days": 3}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris", "days": 3})
+    );
     assert_eq!(finish.as_deref(), Some("tool_calls"));
 
     // The result goes back as a `tool` message; the replica quotes it.
@@ -617,7 +632,9 @@ async fn tool_calls_and_logprobs_pass_through() {
     with_logprobs["top_logprobs"] = json!(2);
     let (status, body) = chat(&fleet, &with_logprobs).await;
     assert_eq!(status, 200, "{body}");
-    let entries = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let entries = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
     assert_eq!(entries.len(), 3);
     assert_eq!(entries[1]["token"], " w1");
     assert_eq!(entries[1]["top_logprobs"].as_array().unwrap().len(), 2);

@@ -23,8 +23,7 @@ use crate::api::completion;
 use crate::api::disconnect::{PeerSocket, client_gone};
 use crate::api::extract::JsonBody;
 use crate::api::tools::wire::{
-    FunctionCall, FunctionDefinition, NamedToolChoice, Tool, ToolCall, ToolChoice,
-    ToolChoiceMode, ToolKind,
+    FunctionCall, FunctionDefinition, NamedToolChoice, Tool, ToolCall, ToolChoice, ToolKind,
 };
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{
@@ -147,7 +146,11 @@ pub fn item_id(prefix: &str) -> String {
 }
 
 /// The finished Response: status from the finish reason, usage.
-pub fn complete(mut shell: ResponseObject, finish_reason: &str, usage: TokenUsage) -> ResponseObject {
+pub fn complete(
+    mut shell: ResponseObject,
+    finish_reason: &str,
+    usage: TokenUsage,
+) -> ResponseObject {
     if finish_reason == "length" {
         shell.status = "incomplete";
         shell.incomplete_details = Some(IncompleteDetails {
@@ -207,7 +210,9 @@ fn finish(shell: ResponseObject, completion: ChatCompletion) -> ResponseObject {
 }
 
 /// The chat request a Responses request means, and what its Response echoes.
-pub fn translate(request: CreateResponseRequest) -> Result<(ChatCompletionRequest, Echo), ApiError> {
+pub fn translate(
+    request: CreateResponseRequest,
+) -> Result<(ChatCompletionRequest, Echo), ApiError> {
     if request.store == Some(true) {
         return Err(ApiError::invalid(
             "store",
@@ -225,7 +230,9 @@ pub fn translate(request: CreateResponseRequest) -> Result<(ChatCompletionReques
         Some(other) => {
             return Err(ApiError::invalid(
                 "truncation",
-                format!("`truncation: {other:?}` is not supported: only \"disabled\" (an input over the context is refused)."),
+                format!(
+                    "`truncation: {other:?}` is not supported: only \"disabled\" (an input over the context is refused)."
+                ),
             ));
         }
     }
@@ -242,7 +249,13 @@ pub fn translate(request: CreateResponseRequest) -> Result<(ChatCompletionReques
         }
     }
     let (response_format, text) = text_format(request.text)?;
-    let tool_choice = request.tool_choice.map(tool_choice).transpose()?;
+    let tool_choice = request.tool_choice.map(tool_choice);
+    if let Some(n) = request.max_output_tokens.filter(|&n| n < 1) {
+        return Err(ApiError::invalid(
+            "max_output_tokens",
+            format!("{n} is not a valid `max_output_tokens`: it must be at least 1."),
+        ));
+    }
     let tools = request.tools.unwrap_or_default();
     let echo = Echo {
         instructions: request.instructions,
@@ -251,7 +264,9 @@ pub fn translate(request: CreateResponseRequest) -> Result<(ChatCompletionReques
         top_p: request.top_p,
         tool_choice: match &tool_choice {
             None => json!("auto"),
-            Some(ToolChoice::Named(named)) => json!({"type": "function", "name": named.function.name}),
+            Some(ToolChoice::Named(named)) => {
+                json!({"type": "function", "name": named.function.name})
+            }
             Some(choice) => serde_json::to_value(choice).unwrap_or_default(),
         },
         tools: tools.clone(),
@@ -312,35 +327,20 @@ fn chat_tool(tool: FunctionTool) -> Tool {
     }
 }
 
-fn tool_choice(value: Value) -> Result<ToolChoice, ApiError> {
-    let refused = || {
-        ApiError::invalid(
-            "tool_choice",
-            "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"name\": ...}.",
-        )
-    };
-    match &value {
-        Value::String(mode) => match mode.as_str() {
-            "none" => Ok(ToolChoice::Mode(ToolChoiceMode::None)),
-            "auto" => Ok(ToolChoice::Mode(ToolChoiceMode::Auto)),
-            "required" => Ok(ToolChoice::Mode(ToolChoiceMode::Required)),
-            _ => Err(refused()),
-        },
-        Value::Object(object) if object.get("type") == Some(&json!("function")) => {
-            let name = object.get("name").and_then(Value::as_str).ok_or_else(refused)?;
-            Ok(ToolChoice::Named(NamedToolChoice {
-                kind: ToolKind::Function,
-                function: crate::api::tools::wire::FunctionName {
-                    name: name.to_string(),
-                },
-            }))
-        }
-        _ => Err(refused()),
+fn tool_choice(choice: wire::ResponseToolChoice) -> ToolChoice {
+    match choice {
+        wire::ResponseToolChoice::Mode(mode) => ToolChoice::Mode(mode),
+        wire::ResponseToolChoice::Function(named) => ToolChoice::Named(NamedToolChoice {
+            kind: ToolKind::Function,
+            function: crate::api::tools::wire::FunctionName { name: named.name },
+        }),
     }
 }
 
 /// `text.format` as a chat `response_format`, and the `text` echoed.
-fn text_format(text: Option<wire::TextConfig>) -> Result<(Option<ResponseFormat>, Value), ApiError> {
+fn text_format(
+    text: Option<wire::TextConfig>,
+) -> Result<(Option<ResponseFormat>, Value), ApiError> {
     let Some(format) = text.and_then(|t| t.format) else {
         return Ok((None, json!({"format": {"type": "text"}})));
     };
@@ -352,7 +352,9 @@ fn text_format(text: Option<wire::TextConfig>) -> Result<(Option<ResponseFormat>
         other => {
             return Err(ApiError::invalid(
                 "text.format.type",
-                format!("{other:?} is not a text format: use \"text\", \"json_object\" or \"json_schema\"."),
+                format!(
+                    "{other:?} is not a text format: use \"text\", \"json_object\" or \"json_schema\"."
+                ),
             ));
         }
     };
@@ -375,24 +377,42 @@ fn text_format(text: Option<wire::TextConfig>) -> Result<(Option<ResponseFormat>
 /// become one assistant message with several calls.
 fn add_item(messages: &mut Vec<ChatMessage>, i: usize, item: Value) -> Result<(), ApiError> {
     let param = format!("input[{i}]");
-    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
-    let invalid = |e: serde_json::Error| ApiError::invalid(param.clone(), format!("Invalid `{param}`: {e}"));
-    match kind {
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message")
+        .to_string();
+    // Each item is read on its own, so the error names it; a part that is
+    // not text is named by its own index.
+    let other_part = item_has_other_parts(&item);
+    let invalid = |e: serde_json::Error| match other_part {
+        Some(j) => ApiError::invalid(
+            format!("{param}.content[{j}]"),
+            "Only `input_text` and `output_text` parts are supported: the served models are text-only.",
+        ),
+        None => ApiError::invalid(param.clone(), format!("Invalid `{param}`: {e}")),
+    };
+    match kind.as_str() {
         "message" => {
             let message: wire::InputMessage = serde_json::from_value(item).map_err(invalid)?;
-            let role = match message.role.as_str() {
-                "user" => MessageRole::User,
-                "system" => MessageRole::System,
-                "developer" => MessageRole::Developer,
-                "assistant" => MessageRole::Assistant,
-                other => {
-                    return Err(ApiError::invalid(
-                        format!("{param}.role"),
-                        format!("{other:?} is not a message role: use user, system, developer or assistant."),
-                    ));
-                }
+            let role = match message.role {
+                wire::InputRole::User => MessageRole::User,
+                wire::InputRole::System => MessageRole::System,
+                wire::InputRole::Developer => MessageRole::Developer,
+                wire::InputRole::Assistant => MessageRole::Assistant,
             };
-            let content = message_content(&param, message.content)?;
+            let content = match message.content {
+                wire::InputContent::Text(text) => MessageContent::Text(text),
+                wire::InputContent::Parts(parts) => MessageContent::Parts(
+                    parts
+                        .into_iter()
+                        .map(|part| ContentPart {
+                            kind: ContentPartKind::Text,
+                            text: part.text,
+                        })
+                        .collect(),
+                ),
+            };
             messages.push(ChatMessage {
                 content: Some(content),
                 ..text_message(role, String::new())
@@ -433,41 +453,24 @@ fn add_item(messages: &mut Vec<ChatMessage>, i: usize, item: Value) -> Result<()
         other => {
             return Err(ApiError::invalid(
                 format!("{param}.type"),
-                format!("Input items of type {other:?} are not supported: use message, function_call or function_call_output."),
+                format!(
+                    "Input items of type {other:?} are not supported: use message, function_call or function_call_output."
+                ),
             ));
         }
     }
     Ok(())
 }
 
-/// Text, or text parts (`input_text`, and `output_text` from earlier output).
-fn message_content(param: &str, content: Value) -> Result<MessageContent, ApiError> {
-    match content {
-        Value::String(text) => Ok(MessageContent::Text(text)),
-        Value::Array(parts) => parts
-            .into_iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let kind = part.get("type").and_then(Value::as_str);
-                match (kind, part.get("text").and_then(Value::as_str)) {
-                    (Some("input_text" | "output_text"), Some(text)) => Ok(ContentPart {
-                        kind: ContentPartKind::Text,
-                        text: text.to_string(),
-                    }),
-                    _ => Err(ApiError::invalid(
-                        format!("{param}.content[{j}]"),
-                        "Only `input_text` and `output_text` parts are supported: the served models are text-only.",
-                    )),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(MessageContent::Parts),
-        _ => Err(ApiError::invalid(
-            format!("{param}.content"),
-            "`content` must be a string or a list of text parts.",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+/// The index of the first content part that is not text, if any.
+fn item_has_other_parts(item: &Value) -> Option<usize> {
+    item.get("content")?.as_array()?.iter().position(|part| {
+        !matches!(
+            part.get("type").and_then(Value::as_str),
+            Some("input_text" | "output_text")
+        )
+    })
+}

@@ -97,7 +97,10 @@ impl ToolRequest {
         if tools.len() > MAX_TOOLS {
             return Err(ApiError::invalid(
                 "tools",
-                format!("At most {MAX_TOOLS} tools are allowed; got {}.", tools.len()),
+                format!(
+                    "At most {MAX_TOOLS} tools are allowed; got {}.",
+                    tools.len()
+                ),
             ));
         }
         let mut seen = HashSet::new();
@@ -106,7 +109,9 @@ impl ToolRequest {
             if !valid_name(name) {
                 return Err(ApiError::invalid(
                     format!("tools[{i}].function.name"),
-                    format!("Invalid function name {name:?}: use 1 to 64 letters, digits, `_` or `-`."),
+                    format!(
+                        "Invalid function name {name:?}: use 1 to 64 letters, digits, `_` or `-`."
+                    ),
                 ));
             }
             if !seen.insert(name.as_str()) {

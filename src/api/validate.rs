@@ -12,8 +12,8 @@ use crate::api::wire::{
     ResponseFormatKind, StopSequences,
 };
 use crate::engine::{
-    GenerationRequest, ModelCard, OutputConstraint, PromptMessage, PromptToolCall, Role,
-    Sampling, ToolSupport,
+    GenerationRequest, ModelCard, OutputConstraint, PromptMessage, PromptToolCall, Role, Sampling,
+    ToolSupport,
 };
 use crate::error::ApiError;
 use crate::prompt::PromptSize;
@@ -274,8 +274,11 @@ impl ValidatedChat {
                 "`stream_options` is only allowed when `stream` is true.",
             ));
         }
-        let tools =
-            ToolRequest::from_wire(request.tools, request.tool_choice, request.parallel_tool_calls)?;
+        let tools = ToolRequest::from_wire(
+            request.tools,
+            request.tool_choice,
+            request.parallel_tool_calls,
+        )?;
         Ok(ValidatedChat {
             model: request.model,
             messages: messages(request.messages)?,

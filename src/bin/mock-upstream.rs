@@ -132,7 +132,10 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
     if !stream {
         let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"});
         if logprobs {
-            let entries: Vec<Value> = words.iter().map(|w| logprobs_of(w)["content"][0].clone()).collect();
+            let entries: Vec<Value> = words
+                .iter()
+                .map(|w| logprobs_of(w)["content"][0].clone())
+                .collect();
             choice["logprobs"] = json!({"content": entries, "refusal": null});
         }
         if let Some((name, arguments)) = &call {
@@ -222,7 +225,10 @@ fn tool_call(body: &Value) -> Option<(String, String)> {
     let name = body["tool_choice"]["function"]["name"]
         .as_str()
         .or_else(|| tools[0]["function"]["name"].as_str())?;
-    Some((name.to_string(), json!({"city": "Paris", "days": 3}).to_string()))
+    Some((
+        name.to_string(),
+        json!({"city": "Paris", "days": 3}).to_string(),
+    ))
 }
 
 async fn load_lora(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {

@@ -276,13 +276,22 @@ fn chat_messages(messages: &[PromptMessage]) -> Vec<IndexMap<String, mistralrs::
         .collect()
 }
 
+/// mistral.rs hands the schema to llguidance as it is; the whitespace bound
+/// is the shared-base engine's (see `JSON_WHITESPACE`), so a small model
+/// cannot loop on newlines inside a forced call or a JSON answer.
 fn constraint(constraint: &OutputConstraint) -> Constraint {
+    let bounded = |mut schema: serde_json::Value| {
+        if let Some(object) = schema.as_object_mut() {
+            object.entry("x-guidance").or_insert_with(|| {
+                serde_json::json!({"whitespace_pattern": super::shared_base::constraint::JSON_WHITESPACE})
+            });
+        }
+        Constraint::JsonSchema(schema)
+    };
     match constraint {
         OutputConstraint::None => Constraint::None,
-        OutputConstraint::JsonObject => {
-            Constraint::JsonSchema(serde_json::json!({"type": "object"}))
-        }
-        OutputConstraint::JsonSchema(schema) => Constraint::JsonSchema(schema.clone()),
+        OutputConstraint::JsonObject => bounded(serde_json::json!({"type": "object"})),
+        OutputConstraint::JsonSchema(schema) => bounded(schema.clone()),
     }
 }
 

@@ -69,7 +69,11 @@ impl ChatPrompt {
         if !self.template.supports_tools() {
             return ToolSupport::Preamble;
         }
-        ToolSupport::Template(self.template.tool_source().and_then(tool_call_format))
+        ToolSupport::Template(
+            self.template
+                .tool_source()
+                .and_then(|source| tool_call_format(&source)),
+        )
     }
 
     pub fn render(
@@ -135,7 +139,8 @@ mod tests {
     fn call_formats_are_read_from_the_template_text() {
         let hermes = "{% for tool in tools %}{{ tool | tojson }}{% endfor %}<tool_call>";
         assert_eq!(tool_call_format(hermes), Some(ToolCallFormat::Hermes));
-        let llama = r#"{"name": function name, "parameters": dictionary of argument name and its value}"#;
+        let llama =
+            r#"{"name": function name, "parameters": dictionary of argument name and its value}"#;
         assert_eq!(tool_call_format(llama), Some(ToolCallFormat::LlamaJson));
         assert_eq!(tool_call_format("{{ tools }}"), None);
     }

@@ -271,9 +271,12 @@ impl ChatTemplate {
     }
 
     /// The source of the template used when tools are passed.
-    pub fn tool_source(&self) -> Option<&str> {
+    pub fn tool_source(&self) -> Option<String> {
         let name = if self.has_tool_use { TOOL_USE } else { DEFAULT };
-        self.env.get_template(name).ok().map(|t| t.source())
+        self.env
+            .get_template(name)
+            .ok()
+            .map(|t| t.source().to_string())
     }
 }
 

@@ -19,8 +19,16 @@ use crate::error::ApiError;
 /// The item being written.
 enum Open {
     None,
-    Message { id: String, text: String },
-    Call { id: String, call_id: String, name: String, arguments: String },
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
 }
 
 /// Numbers events and remembers the finished items.
@@ -69,7 +77,12 @@ impl Events {
                     content: vec![OutputText::new(text)],
                 }
             }
-            Open::Call { id, call_id, name, arguments } => {
+            Open::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            } => {
                 out.push(self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
@@ -99,13 +112,20 @@ impl Events {
                     self.close(out);
                     let id = item_id("msg");
                     let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
-                    out.push(self.event("response.output_item.added", json!({"output_index": index, "item": item})));
-                    let part = serde_json::to_value(OutputText::new(String::new())).unwrap_or_default();
+                    out.push(self.event(
+                        "response.output_item.added",
+                        json!({"output_index": index, "item": item}),
+                    ));
+                    let part =
+                        serde_json::to_value(OutputText::new(String::new())).unwrap_or_default();
                     out.push(self.event(
                         "response.content_part.added",
                         json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
                     ));
-                    self.open = Open::Message { id, text: String::new() };
+                    self.open = Open::Message {
+                        id,
+                        text: String::new(),
+                    };
                 }
                 if let Open::Message { id, text } = &mut self.open {
                     text.push_str(&delta);
@@ -113,13 +133,23 @@ impl Events {
                     out.push(self.event("response.output_text.delta", data));
                 }
             }
-            Piece::CallStart { id: call_id, name, .. } => {
+            Piece::CallStart {
+                id: call_id, name, ..
+            } => {
                 self.close(out);
                 let index = self.output_index();
                 let id = item_id("fc");
                 let item = json!({"type": "function_call", "id": id, "call_id": call_id, "name": name, "arguments": "", "status": "in_progress"});
-                out.push(self.event("response.output_item.added", json!({"output_index": index, "item": item})));
-                self.open = Open::Call { id, call_id, name, arguments: String::new() };
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                ));
+                self.open = Open::Call {
+                    id,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                };
             }
             Piece::CallArguments { text: delta, .. } => {
                 if let Open::Call { id, arguments, .. } = &mut self.open {
@@ -182,4 +212,3 @@ fn error_event(events: &mut Events, error: ApiError) -> Bytes {
     let data = json!({"code": body.code, "message": body.message, "param": body.param});
     events.event("error", data)
 }
-

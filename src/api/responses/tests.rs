@@ -52,9 +52,8 @@ fn items_become_chat_messages() {
         ResponseFormatKind::JsonSchema
     );
     assert_eq!(echo.tool_choice, json!({"type": "function", "name": "f"}));
-    let validated = ValidatedChat::from_request(
-        request(json!({"model": "m", "input": "hi"})).unwrap().0,
-    );
+    let validated =
+        ValidatedChat::from_request(request(json!({"model": "m", "input": "hi"})).unwrap().0);
     assert!(validated.is_ok());
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::api::tools::wire::ToolKind;
+use crate::api::tools::wire::{ToolChoiceMode, ToolKind};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,7 @@ pub struct CreateResponseRequest {
     #[schema(min_length = 1)]
     pub model: String,
     /// A user message, or message / `function_call` / `function_call_output` items.
+    #[schema(value_type = InputSchema)]
     pub input: ResponseInput,
     /// A system message put before the input.
     pub instructions: Option<String>,
@@ -36,8 +37,7 @@ pub struct CreateResponseRequest {
     #[schema(max_items = 128)]
     pub tools: Option<Vec<FunctionTool>>,
     /// `none`, `auto`, `required`, or `{"type": "function", "name": ..}`.
-    #[schema(value_type = Option<Object>)]
-    pub tool_choice: Option<Value>,
+    pub tool_choice: Option<ResponseToolChoice>,
     pub parallel_tool_calls: Option<bool>,
     pub stream: Option<bool>,
     /// Only `false`: the gateway keeps no responses.
@@ -53,13 +53,37 @@ pub struct CreateResponseRequest {
     pub service_tier: Option<String>,
 }
 
-/// A string, or a list of input items.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A string, or a list of input items; items are read one by one, so an
+/// error names the item.
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum ResponseInput {
     Text(String),
-    /// Items are read one by one, so an error names the item.
-    Items(#[schema(value_type = Vec<InputItem>)] Vec<Value>),
+    Items(Vec<Value>),
+}
+
+/// What [`ResponseInput`] accepts, for the OpenAPI description.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum InputSchema {
+    Text(String),
+    Items(Vec<InputItem>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResponseToolChoice {
+    Mode(ToolChoiceMode),
+    Function(NamedFunction),
+}
+
+/// `{"type": "function", "name": ..}`: call this function.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedFunction {
+    #[serde(rename = "type", deserialize_with = "crate::api::wire::by_name")]
+    pub kind: ToolKind,
+    pub name: String,
 }
 
 /// One input item (documentation of what [`ResponseInput::Items`] holds).
@@ -73,23 +97,70 @@ pub enum InputItem {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InputMessage {
-    /// `message` (may be left out).
+    /// May be left out.
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// `user`, `system`, `developer` or `assistant`.
-    pub role: String,
+    pub kind: Option<MessageItemKind>,
+    pub role: InputRole,
     /// Text, or `input_text` / `output_text` parts.
-    #[schema(value_type = Object)]
-    pub content: Value,
+    pub content: InputContent,
     pub id: Option<String>,
     pub status: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageItemKind {
+    Message,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputRole {
+    User,
+    System,
+    Developer,
+    Assistant,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum InputContent {
+    Text(String),
+    Parts(Vec<InputPart>),
+}
+
+/// Text only: the served models are text-only.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InputPart {
+    #[serde(rename = "type")]
+    pub kind: InputPartKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputPartKind {
+    InputText,
+    /// Text of an earlier answer sent back.
+    OutputText,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionCallKind {
+    FunctionCall,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionCallOutputKind {
+    FunctionCallOutput,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct FunctionCallItem {
-    /// `function_call`
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: FunctionCallKind,
     pub call_id: String,
     pub name: String,
     /// JSON string.
@@ -100,9 +171,8 @@ pub struct FunctionCallItem {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct FunctionCallOutputItem {
-    /// `function_call_output`
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: FunctionCallOutputKind,
     pub call_id: String,
     pub output: String,
     pub id: Option<String>,
@@ -141,6 +211,8 @@ pub struct TextFormat {
 pub struct FunctionTool {
     #[serde(rename = "type", deserialize_with = "crate::api::wire::by_name")]
     pub kind: ToolKind,
+    /// Letters, digits, `_` and `-`, at most 64.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -161,7 +233,7 @@ pub struct ResponseObject {
     pub created_at: u64,
     /// `in_progress`, `completed` or `incomplete`.
     pub status: &'static str,
-    #[schema(value_type = Option<Object>)]
+    /// Always null: a failed stream ends with an `error` event.
     pub error: Option<Value>,
     pub incomplete_details: Option<IncompleteDetails>,
     pub instructions: Option<String>,
@@ -172,10 +244,8 @@ pub struct ResponseObject {
     pub previous_response_id: Option<String>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
-    #[schema(value_type = Object)]
     pub tool_choice: Value,
     pub tools: Vec<FunctionTool>,
-    #[schema(value_type = Object)]
     pub text: Value,
     /// Always `disabled`.
     pub truncation: &'static str,

@@ -37,7 +37,10 @@ pub enum Piece {
         name: String,
     },
     /// More of call `index`'s arguments (a JSON string when joined).
-    CallArguments { index: usize, text: String },
+    CallArguments {
+        index: usize,
+        text: String,
+    },
 }
 
 pub fn call_id() -> String {
@@ -215,7 +218,12 @@ impl OutputDecoder {
         }
     }
 
-    fn finish_parsed(&mut self, format: ToolCallFormat, parallel: bool, held: String) -> Vec<Piece> {
+    fn finish_parsed(
+        &mut self,
+        format: ToolCallFormat,
+        parallel: bool,
+        held: String,
+    ) -> Vec<Piece> {
         if !self.inside {
             return text_piece(held);
         }
@@ -260,7 +268,9 @@ fn arguments_piece(index: usize, text: &str) -> Vec<Piece> {
 fn partial_suffix(text: &str, tag: &str) -> usize {
     (1..tag.len().min(text.len() + 1))
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 
@@ -271,7 +281,10 @@ fn split_call_head(text: &str) -> Option<(String, &str)> {
     while let Some(found) = text[from..].find(KEY) {
         let at = from + found;
         from = at + KEY.len();
-        let head = text[..at].trim_end().strip_suffix(',')?;
+        // Inside the name's value (a function named `arguments`).
+        let Some(head) = text[..at].trim_end().strip_suffix(',') else {
+            continue;
+        };
         let Ok(Value::Object(object)) = serde_json::from_str::<Value>(&format!("{head}}}")) else {
             continue;
         };

@@ -29,7 +29,10 @@ fn shape_errors_name_the_parameter() {
     let e = ToolRequest::from_wire(None, Some(ToolChoice::Mode(ToolChoiceMode::Auto)), None);
     assert_eq!(param(e.unwrap_err()).as_deref(), Some("tool_choice"));
     let e = ToolRequest::from_wire(Some(vec![tool("f"), tool("f")]), None, None);
-    assert_eq!(param(e.unwrap_err()).as_deref(), Some("tools[1].function.name"));
+    assert_eq!(
+        param(e.unwrap_err()).as_deref(),
+        Some("tools[1].function.name")
+    );
     let e = ToolRequest::from_wire(Some(vec![tool("bad name")]), None, None);
     assert!(e.is_err());
     let e = ToolRequest::from_wire(Some(vec![tool("f")]), Some(named("h")), None);
@@ -51,7 +54,10 @@ fn forced_calls_are_constrained_on_every_in_process_model() {
         };
         assert_eq!(schema["properties"]["city"]["type"], "string");
         assert_eq!(plan.preamble.is_some(), support == ToolSupport::Preamble);
-        assert_eq!(plan.template_tools.is_some(), support != ToolSupport::Preamble);
+        assert_eq!(
+            plan.template_tools.is_some(),
+            support != ToolSupport::Preamble
+        );
 
         let choice = Some(ToolChoice::Mode(ToolChoiceMode::Required));
         let plan = super::plan(Some(&request(choice)), support, false).unwrap();
@@ -73,7 +79,11 @@ fn forced_calls_are_constrained_on_every_in_process_model() {
 fn auto_needs_a_readable_template_format() {
     let auto = request(None);
     let refused = super::plan(Some(&auto), ToolSupport::Preamble, false).unwrap_err();
-    assert!(refused.to_string().contains("chat template declares no tool-call format"));
+    assert!(
+        refused
+            .to_string()
+            .contains("chat template declares no tool-call format")
+    );
     assert!(super::plan(Some(&auto), ToolSupport::Template(None), false).is_err());
     let format = ToolCallFormat::Hermes;
     let plan = super::plan(Some(&auto), ToolSupport::Template(Some(format)), false).unwrap();
@@ -114,8 +124,14 @@ fn history_without_template_tools_is_written_as_text() {
         ..PromptMessage::text(Role::Tool, "sunny")
     };
     let flat = flatten_history(vec![call, result]);
-    assert_eq!(flat[0].content, r#"{"name":"f","arguments":{"city":"Paris"}}"#);
+    assert_eq!(
+        flat[0].content,
+        r#"{"name":"f","arguments":{"city":"Paris"}}"#
+    );
     assert_eq!(flat[1].role, Role::User);
     assert!(flat[1].content.contains("f (call call_1)") && flat[1].content.ends_with("sunny"));
-    assert!(flat.iter().all(|m| m.tool_calls.is_empty() && m.tool_call_id.is_none()));
+    assert!(
+        flat.iter()
+            .all(|m| m.tool_calls.is_empty() && m.tool_call_id.is_none())
+    );
 }

@@ -96,10 +96,7 @@ fn messages_are_checked_one_by_one() {
         Some("messages[0].tool_calls")
     );
     let missing_function = with("tools", serde_json::json!([{"type": "function"}]));
-    assert!(
-        param_of(chat(missing_function))
-            .is_some_and(|param| param.starts_with("tools"))
-    );
+    assert!(param_of(chat(missing_function)).is_some_and(|param| param.starts_with("tools")));
     let no_content = serde_json::json!([{"role": "assistant"}]);
     assert_eq!(
         param_of(chat(with("messages", no_content))).as_deref(),
@@ -241,5 +238,8 @@ fn a_tool_round_trip_history_is_accepted() {
     ]);
     let validated = chat(with("messages", history)).unwrap();
     assert_eq!(validated.messages[1].tool_calls[0].name, "f");
-    assert_eq!(validated.messages[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(
+        validated.messages[2].tool_call_id.as_deref(),
+        Some("call_1")
+    );
 }

@@ -263,8 +263,11 @@ impl Engine for SharedBaseEngine {
         let prompt = match &request.prompt_ids {
             Some(ids) => ids.as_ref().clone(),
             None => {
-                self.tokenize(&request.messages, request.tools.as_deref().map(Vec::as_slice))
-                    .await?
+                self.tokenize(
+                    &request.messages,
+                    request.tools.as_deref().map(Vec::as_slice),
+                )
+                .await?
             }
         };
         let constraint = self.constraint(&request.constraint).await?;

@@ -237,8 +237,8 @@ impl Engine for UpstreamEngine {
         crate::prompt::run_blocking(move || {
             PromptTokens::counted(counter.prompt(&messages, &tools))
         })
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {

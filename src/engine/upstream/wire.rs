@@ -171,7 +171,8 @@ struct TopEntry {
 }
 
 fn logprobs_of(logprobs: Option<Logprobs>) -> Vec<TokenLogprob> {
-    let bytes = |token: &str, bytes: Option<Vec<u8>>| bytes.unwrap_or_else(|| token.as_bytes().to_vec());
+    let bytes =
+        |token: &str, bytes: Option<Vec<u8>>| bytes.unwrap_or_else(|| token.as_bytes().to_vec());
     logprobs
         .and_then(|l| l.content)
         .unwrap_or_default()

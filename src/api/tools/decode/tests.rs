@@ -35,7 +35,11 @@ fn forced_arguments_are_the_whole_text_in_any_split() {
         assert_eq!(calls, vec![("f".into(), r#"{"city": "Paris"}"#.into())]);
     }
     let (_, calls) = run(OutputMode::Arguments { name: "f".into() }, "", 1);
-    assert_eq!(calls, vec![("f".into(), String::new())], "a call even when cut off");
+    assert_eq!(
+        calls,
+        vec![("f".into(), String::new())],
+        "a call even when cut off"
+    );
 }
 
 #[test]
@@ -77,11 +81,18 @@ fn hermes_calls_are_parsed_and_text_around_them_kept() {
         format: ToolCallFormat::Hermes,
         parallel: false,
     };
-    assert_eq!(run(single, text, 3).1.len(), 1, "parallel_tool_calls: false");
+    assert_eq!(
+        run(single, text, 3).1.len(),
+        1,
+        "parallel_tool_calls: false"
+    );
     let (content, calls) = run(mode.clone(), "a < b <tool", 1);
     assert_eq!((content.as_str(), calls.len()), ("a < b <tool", 0));
     let (content, calls) = run(mode, "<tool_call>not json</tool_call>", 4);
-    assert_eq!(content, "<tool_call>not json</tool_call>", "unparsable stays text");
+    assert_eq!(
+        content, "<tool_call>not json</tool_call>",
+        "unparsable stays text"
+    );
     assert!(calls.is_empty());
 }
 
