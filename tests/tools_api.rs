@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{MODEL, TestServer, client, sse_data};
+use common::{MODEL, TestServer, chat_body, client, sse_data};
 use serde_json::{Value, json};
 
 fn weather_tool() -> Value {
@@ -211,10 +211,15 @@ async fn a_tool_round_trip_answers_with_text() {
     assert!(choice["message"]["content"].is_string());
     assert!(choice["message"].get("tool_calls").is_none());
     assert_eq!(choice["finish_reason"], "length");
-    // The history was rendered: the prompt is longer than the question alone.
+    // The call and its result were rendered: the prompt is longer than the
+    // question alone.
+    let question = chat_body("What is the weather in Paris?", 1);
+    let (_, alone) = post_json(&server, "/v1/chat/completions", &question).await;
+    let prompt = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt(&answer) > prompt(&alone) + 20, "{answer} {alone}");
     assert!(
-        answer["usage"]["prompt_tokens"].as_u64().unwrap()
-            > first["usage"]["prompt_tokens"].as_u64().unwrap()
+        prompt(&first) > prompt(&alone),
+        "the functions were described"
     );
 }
 
@@ -242,6 +247,28 @@ async fn auto_on_a_template_without_tools_is_refused_by_name() {
         (status, error["error"]["param"].as_str()),
         (400, Some("tool_choice"))
     );
+}
+
+/// The JSON of each event of a Responses stream, checking that its
+/// `event:` line names its `type`.
+fn events_of(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter(|frame| !frame.trim().is_empty())
+        .map(|frame| {
+            let mut lines = frame.lines();
+            let kind = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .expect("an event line");
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .expect("a data line");
+            let event: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(event["type"], kind);
+            event
+        })
+        .collect()
 }
 
 fn response_body(stream: bool) -> Value {
@@ -284,10 +311,7 @@ async fn responses_are_created_with_usage() {
 
     let (status, text) = post(&server, "/v1/responses", &response_body(true)).await;
     assert_eq!(status, 200, "{text}");
-    let events: Vec<Value> = sse_data(&text)
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = events_of(&text);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds[..4],
@@ -352,10 +376,7 @@ async fn responses_function_calls_are_output_items() {
     let mut streamed = request.clone();
     streamed["stream"] = json!(true);
     let (_, text) = post(&server, "/v1/responses", &streamed).await;
-    let events: Vec<Value> = sse_data(&text)
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = events_of(&text);
     let arguments: String = events
         .iter()
         .filter(|e| e["type"] == "response.function_call_arguments.delta")

@@ -194,6 +194,19 @@ fn parameters(function: &FunctionDefinition) -> Value {
     }
 }
 
+/// Forced calls are written compactly, with OpenAI's separators: no
+/// whitespace choices, so a weak model cannot spend its tokens on blanks
+/// (a random-weight model otherwise fills every gap to the bound).
+fn compact(mut schema: Value) -> Value {
+    if let Some(object) = schema.as_object_mut() {
+        object.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    schema
+}
+
 /// The grammar of a forced call.
 fn forced_constraint(request: &ToolRequest) -> Option<(OutputConstraint, OutputMode)> {
     match &request.choice {
@@ -201,7 +214,7 @@ fn forced_constraint(request: &ToolRequest) -> Option<(OutputConstraint, OutputM
         Choice::Named(name) => {
             let schema = request.function(name).map(parameters)?;
             Some((
-                OutputConstraint::JsonSchema(schema),
+                OutputConstraint::JsonSchema(compact(schema)),
                 OutputMode::Arguments { name: name.clone() },
             ))
         }
@@ -224,7 +237,7 @@ fn forced_constraint(request: &ToolRequest) -> Option<(OutputConstraint, OutputM
                 })
                 .collect();
             Some((
-                OutputConstraint::JsonSchema(json!({"anyOf": calls})),
+                OutputConstraint::JsonSchema(compact(json!({"anyOf": calls}))),
                 OutputMode::Call,
             ))
         }
