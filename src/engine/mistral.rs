@@ -24,7 +24,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, replica_bytes};
-use super::stop::{Scan, StopScanner};
+use super::stop::{JsonEnd, Scan, StopScanner};
 use super::{
     AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
@@ -408,7 +408,12 @@ impl Engine for MistralEngine {
             sampled: request_tokens.clone(),
         };
         Ok(GenerationStream {
-            events: Box::pin(events(rx, StopScanner::new(request.stop), budget)),
+            events: Box::pin(events(
+                rx,
+                StopScanner::new(request.stop),
+                budget,
+                (request.constraint != OutputConstraint::None).then(JsonEnd::default),
+            )),
             progress: request_tokens,
         })
     }
@@ -506,10 +511,13 @@ impl TokenBudget {
     }
 }
 
+/// `json_end`: the answer is constrained JSON, ended by the gateway when its
+/// value closes (see [`JsonEnd`]).
 fn events(
     mut rx: mpsc::Receiver<Response>,
     mut stops: StopScanner,
     budget: TokenBudget,
+    mut json_end: Option<JsonEnd>,
 ) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
     async_stream::stream! {
         let mut leading = LeadingSpace::default();
@@ -548,10 +556,14 @@ fn events(
             for choice in chunk.choices {
                 let raw = choice.logprobs.as_ref().and_then(|l| l.bytes.as_deref());
                 let text = leading.restore(choice.delta.content.unwrap_or_default(), raw);
-                let (text, stopped) = match stops.push(&text) {
+                let (mut text, mut stopped) = match stops.push(&text) {
                     Scan::Continue(text) => (text, false),
                     Scan::Stopped(text) => (text, true),
                 };
+                if let Some(end) = json_end.as_mut().and_then(|json| json.push(&text)) {
+                    text.truncate(end);
+                    stopped = true;
+                }
                 if !text.is_empty() {
                     yield Ok(GenerationEvent::Delta { text, logprobs: Vec::new() });
                 }

@@ -156,10 +156,20 @@ def test_responses_stream(client):
     final = events[-1].response
     assert final.output_text == text
     assert final.usage.output_tokens > 0
-    with client.responses.stream(model=MODEL, input="Hello", max_output_tokens=8) as stream:
+    # The SDK's stream helper, which assembles function calls from their
+    # argument deltas (and wants `response.completed`, which a forced call,
+    # ending on its own, reaches).
+    tool = {"type": "function", **WEATHER["function"]}
+    with client.responses.stream(
+        model=MODEL, input="Weather in Lima?", tools=[tool], tool_choice="required", max_output_tokens=96,
+    ) as stream:
         for _ in stream:
             pass
-        assert stream.get_final_response().usage.total_tokens > 0
+        final = stream.get_final_response()
+    assert final.usage.total_tokens > 0
+    call = final.output[0]
+    assert call.type == "function_call" and call.call_id.startswith("call_")
+    check_arguments(call.name, call.arguments)
 
 
 def test_responses_function_call(client):
