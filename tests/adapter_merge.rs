@@ -58,6 +58,8 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
         match event.unwrap() {
             GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
             GenerationEvent::Finished { .. } => break,
+            // Only remote engines report parsed calls.
+            GenerationEvent::ToolCall(_) => {}
         }
     }
     text

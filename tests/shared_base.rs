@@ -61,6 +61,8 @@ async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens:
         match event.unwrap() {
             GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
             GenerationEvent::Finished { .. } => break,
+            // Only remote engines report parsed calls.
+            GenerationEvent::ToolCall(_) => {}
         }
     }
     // mistral.rs 0.8.1 drops a last character cut off by the token budget

@@ -426,3 +426,60 @@ async fn stateless_responses_refuse_storage_with_the_envelope() {
         );
     }
 }
+
+/// A Hermes-style template: the tools in a system turn, calls as
+/// `<tool_call>` blocks, results under their own role.
+const HERMES_TEMPLATE: &str = "{% if tools %}<|im_start|>system\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}Call a function as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>{{ message.role }}\n{% if message.content %}{{ message.content }}{% endif %}{% if message.tool_calls %}{% for call in message.tool_calls %}<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_with_tools_renders_them_and_lets_the_model_choose() {
+    let dir = tempfile::tempdir().unwrap();
+    loragate::fixture::write_tiny_llama(dir.path(), loragate::fixture::DEFAULT_SEED).unwrap();
+    let config_path = dir.path().join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["chat_template"] = json!(HERMES_TEMPLATE);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let server = TestServer::with(&[("model.path", dir.path().to_str().unwrap())]);
+
+    // `auto` is served: the random model writes text, not a call.
+    let (status, auto) =
+        post_json(&server, "/v1/chat/completions", &body(json!("auto"), false)).await;
+    assert_eq!(status, 200, "{auto}");
+    assert!(auto["choices"][0]["message"]["content"].is_string());
+    // The tools went through the template, schemas and all.
+    let mut without = body(json!("auto"), false);
+    without.as_object_mut().unwrap().remove("tools");
+    without.as_object_mut().unwrap().remove("tool_choice");
+    let (_, plain) = post_json(&server, "/v1/chat/completions", &without).await;
+    let prompt = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let schemas = weather_tool().to_string().len() + time_tool().to_string().len();
+    assert!(
+        prompt(&auto) > prompt(&plain) + schemas as u64 / 2,
+        "{auto} {plain}"
+    );
+
+    // Forced calls are constrained here too, and their result goes back
+    // under the template's own `tool` role.
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let (_, first) = post_json(&server, "/v1/chat/completions", &body(named, false)).await;
+    let message = first["choices"][0]["message"].clone();
+    assert_valid_arguments(
+        "get_weather",
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    );
+    let mut follow_up = body(json!("none"), false);
+    follow_up["messages"] = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        message,
+        {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"}
+    ]);
+    follow_up["max_tokens"] = json!(4);
+    let (status, answer) = post_json(&server, "/v1/chat/completions", &follow_up).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        prompt(&answer) > prompt(&first),
+        "the call and its result are in the prompt"
+    );
+}
