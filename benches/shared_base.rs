@@ -99,9 +99,11 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
     let messages = vec![PromptMessage {
         role: Role::User,
         content: "Write a long story about a lighthouse keeper and the sea.".into(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
     }];
     let started = Instant::now();
-    let prompt = engine.count_prompt_tokens(model, &messages).await?;
+    let prompt = engine.count_prompt_tokens(model, &messages, None).await?;
     let request = GenerationRequest {
         model: model.into(),
         messages,
@@ -117,6 +119,8 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
         stream: true,
         prompt_ids: prompt.ids,
         claim: Default::default(),
+        tools: None,
+        passthrough: Default::default(),
     };
     let mut events = engine.generate(request).await?.events;
     let (mut first, mut last, mut generated) = (None, started, 0);
@@ -131,6 +135,7 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
                 generated = usage.completion_tokens;
                 break;
             }
+            GenerationEvent::ToolCall(_) => {}
         }
     }
     let first = first.context("no text")?;

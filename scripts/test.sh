@@ -58,7 +58,8 @@ LORAGATE_SMOLLM2_DIR="$DEFAULT_MODEL_DIR" cargo test --locked --test integration
 log "openai SDK end to end on the default model (shared-base engine, converted $MODEL_PATH)"
 start_gateway config/default.toml
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
-  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py tests/sdk/test_demo_adapters.py
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py tests/sdk/test_demo_adapters.py tests/sdk/test_tools_sdk.py
+LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct bash scripts/node-sdk-test.sh
 
 log "the same SDK tests through a second gateway relaying to it ([upstream])"
 cat > "$scratch/relay.toml" <<TOML
@@ -75,7 +76,31 @@ url = "$URL"
 TOML
 start_gateway "$scratch/relay.toml"
 LORAGATE_URL="$URL" LORAGATE_MODEL=smollm2-135m-instruct \
-  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_openai_sdk.py tests/sdk/test_tools_sdk.py
+kill "${pids[-1]}" "${pids[-2]}"
+
+log "tools, tool messages and logprobs through [upstream] to a replica that answers calls itself"
+mock_port=$(free_port)
+"$CARGO_TARGET_DIR/debug/mock-upstream" --bind "127.0.0.1:$mock_port" --name mock --tokens 4 \
+  > "$scratch/mock.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$mock_port/health" "$!" 60
+cat > "$scratch/mock-relay.toml" <<TOML
+[model]
+served_name = "fleet"
+context_length = 2048
+[auth]
+enabled = false
+[logging]
+level = "warn"
+[upstream]
+model = "mock-model"
+[[upstream.replicas]]
+url = "http://127.0.0.1:$mock_port"
+TOML
+start_gateway "$scratch/mock-relay.toml"
+LORAGATE_URL="$URL" LORAGATE_MODEL=fleet LORAGATE_MOCK_UPSTREAM=1 \
+  "$LORAGATE_VENV/bin/python" -m pytest -q tests/sdk/test_tools_sdk.py
 kill "${pids[-1]}" "${pids[-2]}"
 
 log "the default model's GGUF on mistral.rs (config/gguf.toml): same SDK tests"

@@ -26,7 +26,7 @@ use crate::adapters::validate::{BaseShape, Limits as AdapterLimits};
 use crate::adapters::{AdapterStore, Residency};
 use crate::api::extract::BodyLimit;
 use crate::api::health::MetricsAccess;
-use crate::api::{admin, admin_adapters, chat, health, models, openapi};
+use crate::api::{admin, admin_adapters, chat, health, models, openapi, responses};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Admission, Engine};
@@ -233,6 +233,11 @@ pub fn create_app(
             "/v1/chat/completions",
             "POST",
             web::post().to(chat::create_chat_completion),
+        ))
+        .service(resource(
+            "/v1/responses",
+            "POST",
+            web::post().to(responses::create_response),
         ))
         .service(resource(
             "/v1/models",

@@ -19,6 +19,8 @@ use futures_util::StreamExt;
 use crate::api::accounting::{Outcome, Settlement};
 use crate::api::delivery::{self, ClientSide, EngineSide};
 use crate::api::routing;
+use crate::api::tools::decode::{OutputDecoder, Piece};
+use crate::api::tools::wire::{FunctionCall, ToolCall, ToolKind};
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChoiceLogprobs, ChunkChoice,
@@ -48,6 +50,24 @@ pub struct Generation {
     pub logprobs: bool,
     first: Option<Result<GenerationEvent, EngineError>>,
     events: ClientSide,
+    /// Reads function calls out of the generated text.
+    decoder: OutputDecoder,
+    /// The engine's finish, held while the decoder's last pieces go out.
+    finished: Option<(FinishReason, TokenUsage)>,
+}
+
+/// The answer as the client sees it, piece by piece.
+pub enum Output {
+    /// Content and calls, with the log probabilities of the tokens behind
+    /// them when they were asked for.
+    Pieces {
+        pieces: Vec<Piece>,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: TokenUsage,
+    },
 }
 
 fn unix_now() -> u64 {
@@ -197,12 +217,13 @@ async fn admit(state: &AppState, tenant: &Tenant) -> Result<AdmissionPermit, Api
 pub async fn start(
     state: &AppState,
     tenant: &Tenant,
-    chat: ValidatedChat,
+    mut chat: ValidatedChat,
     peer: Option<socket2::Socket>,
 ) -> Result<Generation, ApiError> {
     let engine = state.engine()?;
     let resolved = routing::resolve(state, &engine, tenant, &chat.model)?;
     let card = &resolved.card;
+    chat.fit_model(card)?;
     let size = chat.prompt_size(card)?;
     let reserved = chat.wanted_tokens(card, size.min_tokens, state.default_max_tokens);
     let (decision, reservation) = state
@@ -220,7 +241,7 @@ pub async fn start(
     );
     let measuring = Instant::now();
     let prompt = engine
-        .count_prompt_tokens(&card.id, &chat.messages)
+        .count_prompt_tokens(&card.id, &chat.messages, chat.template_tools())
         .await
         .map_err(ApiError::from)?;
     let prompt_tokens = prompt.count;
@@ -232,6 +253,7 @@ pub async fn start(
     let model = chat.model.clone();
     let include_usage = chat.include_usage;
     let logprobs = chat.wants_logprobs();
+    let decoder = OutputDecoder::new(chat.output_mode());
     let mut request = chat.into_generation(card, prompt_tokens, state.default_max_tokens)?;
     request.prompt_ids = prompt.ids;
     request.claim = claim_of(tenant);
@@ -281,6 +303,8 @@ pub async fn start(
         logprobs,
         first,
         events,
+        decoder,
+        finished: None,
     })
 }
 
@@ -339,22 +363,61 @@ impl Generation {
         }
     }
 
+    /// The next piece of the answer, or `None` once it has ended.
+    pub async fn next_output(&mut self) -> Option<Result<Output, EngineError>> {
+        if let Some((reason, usage)) = self.finished.take() {
+            return Some(Ok(Output::Finished { reason, usage }));
+        }
+        let pieces = match self.next_event().await? {
+            Ok(GenerationEvent::Delta { text, logprobs }) => {
+                let pieces = self.decoder.push(&text);
+                return Some(Ok(Output::Pieces { pieces, logprobs }));
+            }
+            Ok(GenerationEvent::ToolCall(delta)) => self.decoder.remote_call(delta),
+            Ok(GenerationEvent::Finished { reason, usage }) => {
+                let tail = self.decoder.finish();
+                let reason = match reason {
+                    FinishReason::Stop if self.decoder.called() => FinishReason::ToolCalls,
+                    other => other,
+                };
+                if tail.is_empty() {
+                    return Some(Ok(Output::Finished { reason, usage }));
+                }
+                self.finished = Some((reason, usage));
+                tail
+            }
+            Err(error) => return Some(Err(error)),
+        };
+        Some(Ok(Output::Pieces {
+            pieces,
+            logprobs: Vec::new(),
+        }))
+    }
+
     /// Runs the generation to its end and builds the JSON answer.
     pub async fn collect(mut self) -> Result<ChatCompletion, ApiError> {
         let mut content = String::new();
+        let mut calls: Vec<ToolCall> = Vec::new();
         let mut logprobs = ChoiceLogprobs::default();
         loop {
-            match self.next_event().await {
-                Some(Ok(GenerationEvent::Delta {
-                    text,
+            match self.next_output().await {
+                Some(Ok(Output::Pieces {
+                    pieces,
                     logprobs: entries,
                 })) => {
-                    content.push_str(&text);
+                    for piece in pieces {
+                        add_piece(&mut content, &mut calls, piece);
+                    }
                     logprobs
                         .content
                         .extend(entries.iter().map(TokenLogprobEntry::from));
                 }
-                Some(Ok(GenerationEvent::Finished { reason, usage })) => {
+                Some(Ok(Output::Finished { reason, usage })) => {
+                    let (content, tool_calls) = if calls.is_empty() {
+                        (Some(content), None)
+                    } else {
+                        ((!content.is_empty()).then_some(content), Some(calls))
+                    };
                     return Ok(ChatCompletion {
                         id: self.id.clone(),
                         object: "chat.completion",
@@ -365,8 +428,9 @@ impl Generation {
                             index: 0,
                             message: AssistantMessage {
                                 role: "assistant",
-                                content: Some(content),
+                                content,
                                 refusal: None,
+                                tool_calls,
                             },
                             logprobs: self.logprobs.then_some(logprobs),
                             finish_reason: reason.as_str().to_string(),
@@ -427,7 +491,27 @@ impl Generation {
     }
 }
 
-fn usage_of(usage: TokenUsage) -> Usage {
+/// Adds one piece to a whole answer's content and calls.
+pub fn add_piece(content: &mut String, calls: &mut Vec<ToolCall>, piece: Piece) {
+    match piece {
+        Piece::Text(text) => content.push_str(&text),
+        Piece::CallStart { id, name, .. } => calls.push(ToolCall {
+            id,
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name,
+                arguments: String::new(),
+            },
+        }),
+        Piece::CallArguments { index, text } => {
+            if let Some(call) = calls.get_mut(index) {
+                call.function.arguments.push_str(&text);
+            }
+        }
+    }
+}
+
+pub fn usage_of(usage: TokenUsage) -> Usage {
     Usage {
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,

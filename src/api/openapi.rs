@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
 
-use crate::api::{admin, admin_adapters, chat, health, models, wire};
+use crate::api::{admin, admin_adapters, chat, health, models, responses, wire};
 use crate::error::{ErrorBody, ErrorResponse};
 
 #[derive(OpenApi)]
@@ -17,6 +17,7 @@ use crate::error::{ErrorBody, ErrorResponse};
     ),
     paths(
         chat::create_chat_completion,
+        responses::create_response,
         models::list_models,
         models::retrieve_model,
         health::health,
@@ -38,12 +39,16 @@ use crate::error::{ErrorBody, ErrorResponse};
         wire::ChatCompletion,
         wire::ChatCompletionChunk,
         wire::ChatStreamEvent,
+        responses::wire::CreateResponseRequest,
+        responses::wire::ResponseObject,
+        responses::wire::ResponseStreamEvent,
         wire::ModelList,
         wire::ModelObject,
         wire::HealthStatus,
     )),
     tags(
         (name = "chat", description = "OpenAI chat completions"),
+        (name = "responses", description = "OpenAI Responses API (stateless)"),
         (name = "models", description = "Served models"),
         (name = "operations", description = "Probes and metrics"),
         (name = "admin", description = "Tenant administration (admin scope)"),

@@ -7,12 +7,13 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use serde::Serialize;
 
-use crate::api::completion::Generation;
+use crate::api::completion::{Generation, Output};
+use crate::api::tools::decode::Piece;
+use crate::api::tools::wire::{FunctionCallChunk, ToolCallChunk, ToolKind};
 use crate::api::wire::ChunkDelta;
-use crate::engine::GenerationEvent;
 use crate::error::ApiError;
 
-fn frame<T: Serialize>(payload: &T) -> Bytes {
+pub fn frame<T: Serialize>(payload: &T) -> Bytes {
     match serde_json::to_string(payload) {
         Ok(json) => Bytes::from(format!("data: {json}\n\n")),
         Err(error) => {
@@ -22,24 +23,29 @@ fn frame<T: Serialize>(payload: &T) -> Bytes {
     }
 }
 
-const DONE: &[u8] = b"data: [DONE]\n\n";
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
 pub fn respond(mut generation: Generation) -> HttpResponse {
     let body = async_stream::stream! {
         yield Ok::<_, actix_web::Error>(frame(&generation.chunk(
-            ChunkDelta { role: Some("assistant"), content: Some(String::new()) },
+            ChunkDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
             generation.chunk_logprobs(&[]),
             None,
         )));
         loop {
-            match generation.next_event().await {
-                Some(Ok(GenerationEvent::Delta { text, logprobs })) => {
-                    if !text.is_empty() || !logprobs.is_empty() {
-                        let logprobs = generation.chunk_logprobs(&logprobs);
-                        yield Ok(frame(&generation.chunk(ChunkDelta { role: None, content: Some(text) }, logprobs, None)));
+            match generation.next_output().await {
+                Some(Ok(Output::Pieces { pieces, logprobs })) => {
+                    let mut logprobs = Some(logprobs).filter(|l| !l.is_empty());
+                    if pieces.is_empty() && let Some(entries) = logprobs.take() {
+                        let logprobs = generation.chunk_logprobs(&entries);
+                        yield Ok(frame(&generation.chunk(ChunkDelta { content: Some(String::new()), ..ChunkDelta::default() }, logprobs, None)));
+                    }
+                    for piece in pieces {
+                        let logprobs = generation.chunk_logprobs(&logprobs.take().unwrap_or_default());
+                        yield Ok(frame(&generation.chunk(delta_of(piece), logprobs, None)));
                     }
                 }
-                Some(Ok(GenerationEvent::Finished { reason, usage })) => {
+                Some(Ok(Output::Finished { reason, usage })) => {
                     yield Ok(frame(&generation.chunk(ChunkDelta::default(), None, Some(reason))));
                     if generation.include_usage {
                         yield Ok(frame(&generation.usage_chunk(usage)));
@@ -63,4 +69,37 @@ pub fn respond(mut generation: Generation) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
+}
+
+/// A chunk's delta for one piece: content, or one call's first frame (id,
+/// type, name, empty arguments) or argument text, as the SDKs assemble them.
+fn delta_of(piece: Piece) -> ChunkDelta {
+    let call = |chunk: ToolCallChunk| ChunkDelta {
+        tool_calls: Some(vec![chunk]),
+        ..ChunkDelta::default()
+    };
+    match piece {
+        Piece::Text(text) => ChunkDelta {
+            content: Some(text),
+            ..ChunkDelta::default()
+        },
+        Piece::CallStart { index, id, name } => call(ToolCallChunk {
+            index,
+            id: Some(id),
+            kind: Some(ToolKind::Function),
+            function: FunctionCallChunk {
+                name: Some(name),
+                arguments: String::new(),
+            },
+        }),
+        Piece::CallArguments { index, text } => call(ToolCallChunk {
+            index,
+            id: None,
+            kind: None,
+            function: FunctionCallChunk {
+                name: None,
+                arguments: text,
+            },
+        }),
+    }
 }

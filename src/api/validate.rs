@@ -3,13 +3,17 @@
 //! anything reaches the engine.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::api::tools::decode::OutputMode;
+use crate::api::tools::{self, ToolRequest};
 use crate::api::wire::{
-    ChatCompletionRequest, MessageContent, MessageRole, ResponseFormat, ResponseFormatKind,
-    StopSequences,
+    ChatCompletionRequest, ChatMessage, MessageContent, MessageRole, ResponseFormat,
+    ResponseFormatKind, StopSequences,
 };
 use crate::engine::{
-    GenerationRequest, ModelCard, OutputConstraint, PromptMessage, Role, Sampling,
+    GenerationRequest, ModelCard, OutputConstraint, PromptMessage, PromptToolCall, Role, Sampling,
+    ToolSupport,
 };
 use crate::error::ApiError;
 use crate::prompt::PromptSize;
@@ -34,6 +38,11 @@ pub struct ValidatedChat {
     sampling: Sampling,
     stop: Vec<String>,
     constraint: OutputConstraint,
+    tools: Option<ToolRequest>,
+    /// Set by [`ValidatedChat::fit_model`].
+    template_tools: Option<Arc<Vec<serde_json::Value>>>,
+    output: OutputMode,
+    passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
 fn in_range(param: &str, value: Option<f64>, low: f64, high: f64) -> Result<Option<f64>, ApiError> {
@@ -66,26 +75,74 @@ fn flatten_content(content: MessageContent) -> String {
     }
 }
 
-fn messages(
-    request_messages: Vec<crate::api::wire::ChatMessage>,
-) -> Result<Vec<PromptMessage>, ApiError> {
+fn messages(request_messages: Vec<ChatMessage>) -> Result<Vec<PromptMessage>, ApiError> {
     if request_messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "`messages` must contain at least one message.",
         ));
     }
-    Ok(request_messages
+    request_messages
         .into_iter()
-        .map(|message| PromptMessage {
-            role: match message.role {
-                MessageRole::System | MessageRole::Developer => Role::System,
-                MessageRole::User => Role::User,
-                MessageRole::Assistant => Role::Assistant,
-            },
-            content: flatten_content(message.content),
-        })
-        .collect())
+        .enumerate()
+        .map(|(i, message)| message_of(i, message))
+        .collect()
+}
+
+/// One message, its tool fields checked against its role.
+fn message_of(i: usize, message: ChatMessage) -> Result<PromptMessage, ApiError> {
+    let role = match message.role {
+        MessageRole::System | MessageRole::Developer => Role::System,
+        MessageRole::User => Role::User,
+        MessageRole::Assistant => Role::Assistant,
+        MessageRole::Tool => Role::Tool,
+    };
+    let calls = message.tool_calls.unwrap_or_default();
+    if !calls.is_empty() && role != Role::Assistant {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls"),
+            "Only assistant messages may have `tool_calls`.",
+        ));
+    }
+    let tool_call_id = match (role, message.tool_call_id) {
+        (Role::Tool, Some(id)) => Some(id),
+        (Role::Tool, None) => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "A `tool` message needs the `tool_call_id` of the call it answers.",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "Only `tool` messages may have a `tool_call_id`.",
+            ));
+        }
+        (_, None) => None,
+    };
+    let content = match message.content {
+        Some(content) => flatten_content(content),
+        None if !calls.is_empty() => String::new(),
+        None => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                "`content` may be null only on an assistant message with `tool_calls`.",
+            ));
+        }
+    };
+    Ok(PromptMessage {
+        role,
+        content,
+        tool_calls: calls
+            .into_iter()
+            .map(|call| PromptToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments: call.function.arguments,
+            })
+            .collect(),
+        tool_call_id,
+    })
 }
 
 fn stop_sequences(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
@@ -217,6 +274,11 @@ impl ValidatedChat {
                 "`stream_options` is only allowed when `stream` is true.",
             ));
         }
+        let tools = ToolRequest::from_wire(
+            request.tools,
+            request.tool_choice,
+            request.parallel_tool_calls,
+        )?;
         Ok(ValidatedChat {
             model: request.model,
             messages: messages(request.messages)?,
@@ -235,13 +297,69 @@ impl ValidatedChat {
             },
             stop: stop_sequences(request.stop)?,
             constraint: output_constraint(request.response_format)?,
+            tools,
+            template_tools: None,
+            output: OutputMode::Text,
+            passthrough: serde_json::Map::new(),
         })
+    }
+
+    /// Settles how the request's tools are served on the model it names
+    /// (see [`tools`]): the prompt's final messages, the grammar of a
+    /// forced call, and how the answer is read. Before anything is measured.
+    pub fn fit_model(&mut self, card: &ModelCard) -> Result<(), ApiError> {
+        let response_format = self.constraint != OutputConstraint::None;
+        let plan = tools::plan(self.tools.as_ref(), card.tools, response_format)?;
+        if plan.flatten_history {
+            self.messages = tools::flatten_history(std::mem::take(&mut self.messages));
+        }
+        if let Some(preamble) = plan.preamble {
+            match self.messages.first_mut() {
+                Some(first) if first.role == Role::System => {
+                    first.content = format!("{preamble}\n\n{}", first.content);
+                }
+                _ => self
+                    .messages
+                    .insert(0, PromptMessage::text(Role::System, preamble)),
+            }
+        }
+        if let Some(constraint) = plan.constraint {
+            self.constraint = constraint;
+        }
+        self.template_tools = plan.template_tools;
+        self.output = plan.output;
+        self.passthrough = plan.passthrough;
+        Ok(())
+    }
+
+    /// `tools` for the chat template, once [`ValidatedChat::fit_model`] ran.
+    pub fn template_tools(&self) -> Option<&[serde_json::Value]> {
+        self.template_tools.as_deref().map(Vec::as_slice)
+    }
+
+    /// How the generated text is read, once [`ValidatedChat::fit_model`] ran.
+    pub fn output_mode(&self) -> OutputMode {
+        self.output.clone()
     }
 
     /// Bytes of message text: with the model's longest token, a lower
     /// bound on the prompt's length in tokens before anything tokenizes it.
     pub fn prompt_size(&self, card: &ModelCard) -> Result<PromptSize, ApiError> {
-        let bytes = self.messages.iter().map(|m| m.content.len()).sum();
+        let calls = |m: &PromptMessage| -> usize {
+            m.tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum()
+        };
+        let tools: usize = self
+            .template_tools()
+            .map_or(0, |tools| tools.iter().map(|t| t.to_string().len()).sum());
+        let bytes = self
+            .messages
+            .iter()
+            .map(|m| m.content.len() + calls(m))
+            .sum::<usize>()
+            + tools;
         let size = PromptSize::of(bytes, card.max_token_bytes);
         if size.min_tokens >= card.context_length {
             return Err(ApiError::PromptTooLong {
@@ -306,10 +424,10 @@ impl ValidatedChat {
                 ),
             ));
         }
-        if self.sampling.logprobs && !card.logprobs {
+        if self.sampling.logprobs && !card.logprobs && card.tools != ToolSupport::PassThrough {
             return Err(ApiError::invalid(
                 "logprobs",
-                "Log probabilities are not available for this model: its engine (mistral.rs 0.8.1, or a remote replica) does not report honest values.",
+                "Log probabilities are not available for this model: its engine (mistral.rs 0.8.1) does not report honest values.",
             ));
         }
         let max_tokens = self.completion_budget(card, prompt_tokens, default_max_tokens);
@@ -329,6 +447,8 @@ impl ValidatedChat {
             prompt_tokens,
             stop: self.stop,
             constraint: self.constraint,
+            tools: self.template_tools,
+            passthrough: self.passthrough,
             max_tokens_chosen: self.requested_max_tokens.is_some() || default_max_tokens.is_some(),
             stream: self.stream,
             prompt_ids: None,

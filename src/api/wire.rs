@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::tools::wire::{Tool, ToolCall, ToolCallChunk, ToolChoice};
 use crate::api::validate::MAX_STOP_SEQUENCES;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -40,7 +41,7 @@ pub struct ChatCompletionRequest {
     pub presence_penalty: Option<f64>,
     #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
-    /// Only 1 is supported.
+    /// Only 1 is supported (in `[upstream]` mode as well).
     #[schema(minimum = 1, maximum = 1)]
     pub n: Option<i64>,
     /// Token id (as a string) to a bias in [-100, 100].
@@ -52,6 +53,16 @@ pub struct ChatCompletionRequest {
     #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (at most 128).
+    #[schema(max_items = 128)]
+    pub tools: Option<Vec<Tool>>,
+    /// `auto` (the default with tools), `none`, `required`, or a named
+    /// function. `required` and a named function are enforced by
+    /// constrained decoding; `auto` needs a chat template with a tool-call
+    /// format.
+    pub tool_choice: Option<ToolChoice>,
+    /// With `false`, at most one call per answer (forced calls are one).
+    pub parallel_tool_calls: Option<bool>,
     pub user: Option<String>,
     /// Accepted and ignored (OpenAI storage option).
     pub store: Option<bool>,
@@ -77,7 +88,6 @@ fn stop_schema() -> utoipa::openapi::schema::Schema {
         .into()
 }
 
-/// Tool messages are not accepted: this gateway does not do tool calling.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageRole {
@@ -86,6 +96,8 @@ pub enum MessageRole {
     Developer,
     User,
     Assistant,
+    /// A function's result, answering the call `tool_call_id`.
+    Tool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -93,9 +105,16 @@ pub enum MessageRole {
 pub struct ChatMessage {
     #[serde(deserialize_with = "by_name")]
     pub role: MessageRole,
-    pub content: MessageContent,
+    /// Null only on an assistant message that calls tools.
+    pub content: Option<MessageContent>,
     /// Accepted and ignored.
     pub name: Option<String>,
+    /// An assistant message's function calls.
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    /// Accepted and ignored (an assistant's earlier refusal).
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -122,7 +141,7 @@ pub enum ContentPartKind {
 
 /// Reads a unit enum only from its name. serde's derived enums also accept
 /// the variant's index (`"role": 0`), which no OpenAI client means.
-fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::de::DeserializeOwned,
@@ -240,7 +259,7 @@ pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
     pub logprobs: Option<ChoiceLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length`, or `tool_calls`.
     pub finish_reason: String,
 }
 
@@ -248,8 +267,11 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
+    /// Null when the answer is only function calls.
     pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One server-sent event of a streamed completion, as an SSE parser sees it.
@@ -315,6 +337,8 @@ pub struct ChunkDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -2,7 +2,9 @@
 //! gateway-overhead benchmark: fixed small answers, optionally late, failing
 //! or malformed on purpose, plus vLLM's adapter registration endpoints.
 //! Every answer names the replica and the model it was asked for, so a test
-//! can see where a request went.
+//! can see where a request went. Given `tools`, it calls the first (or the
+//! named) function; given `logprobs`, it reports them for every word; an
+//! answer after a `tool` message quotes that message.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -107,13 +109,43 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
             .body(body);
     }
     let prompt_tokens = body["messages"].as_array().map_or(0, |m| m.len() * 5);
-    let words = words(&mock, &model);
+    let mut words = words(&mock, &model);
+    let last = body["messages"].as_array().and_then(|m| m.last());
+    if let Some(result) = last.filter(|m| m["role"] == "tool") {
+        words.push(format!(
+            " tool {} said {}",
+            result["tool_call_id"].as_str().unwrap_or_default(),
+            result["content"].as_str().unwrap_or_default()
+        ));
+    }
+    let call = tool_call(&body);
+    let logprobs = body["logprobs"].as_bool() == Some(true);
+    let top = body["top_logprobs"].as_u64().unwrap_or(0) as usize;
+    let logprobs_of = |text: &str| {
+        let entry = |rank: usize| json!({"token": text, "logprob": -0.25 * (rank + 1) as f64, "bytes": text.as_bytes()});
+        let mut first = entry(0);
+        first["top_logprobs"] = (0..top).map(entry).collect();
+        json!({"content": [first], "refusal": null})
+    };
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()});
     let id = "chatcmpl-mock";
     if !stream {
+        let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"});
+        if logprobs {
+            let entries: Vec<Value> = words
+                .iter()
+                .map(|w| logprobs_of(w)["content"][0].clone())
+                .collect();
+            choice["logprobs"] = json!({"content": entries, "refusal": null});
+        }
+        if let Some((name, arguments)) = &call {
+            choice["message"]["content"] = Value::Null;
+            choice["message"]["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
+            choice["finish_reason"] = json!("tool_calls");
+        }
         let mut answer = json!({
             "id": id, "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+            "choices": [choice],
         });
         if !options.no_usage {
             answer["usage"] = usage;
@@ -129,12 +161,36 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    frames.extend(
-        words
-            .iter()
-            .map(|w| chunk(json!({"content": w}), Value::Null)),
-    );
-    frames.push(chunk(json!({}), json!("stop")));
+    match &call {
+        Some((name, arguments)) => {
+            let (head, tail) = arguments.split_at(arguments.len() / 2);
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            for part in [head, tail] {
+                frames.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                    Value::Null,
+                ));
+            }
+            frames.push(chunk(json!({}), json!("tool_calls")));
+        }
+        None => {
+            for word in &words {
+                let mut frame = chunk(json!({"content": word}), Value::Null);
+                if logprobs {
+                    let mut value: Value =
+                        serde_json::from_str(frame.trim_start_matches("data: ").trim())
+                            .unwrap_or_default();
+                    value["choices"][0]["logprobs"] = logprobs_of(word);
+                    frame = format!("data: {value}\n\n");
+                }
+                frames.push(frame);
+            }
+            frames.push(chunk(json!({}), json!("stop")));
+        }
+    }
     let wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     if wants_usage && !options.no_usage {
         let last = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});
@@ -157,6 +213,22 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(paced)
+}
+
+/// The call to answer with when the request offers tools (unless
+/// `tool_choice` is `none`): the named function, else the first.
+fn tool_call(body: &Value) -> Option<(String, String)> {
+    let tools = body["tools"].as_array().filter(|tools| !tools.is_empty())?;
+    if body["tool_choice"] == "none" {
+        return None;
+    }
+    let name = body["tool_choice"]["function"]["name"]
+        .as_str()
+        .or_else(|| tools[0]["function"]["name"].as_str())?;
+    Some((
+        name.to_string(),
+        json!({"city": "Paris", "days": 3}).to_string(),
+    ))
 }
 
 async fn load_lora(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {

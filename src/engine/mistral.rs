@@ -24,10 +24,11 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, replica_bytes};
-use super::stop::{Scan, StopScanner};
+use super::stop::{JsonEnd, Scan, StopScanner};
 use super::{
     AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
+    ToolSupport,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
 use crate::prompt::chat::{ChatPrompt, PromptError};
@@ -100,6 +101,10 @@ impl MistralEngine {
                 max_token_bytes,
                 // 0.8.1 reports base-10 logs of raw logits under greedy decoding.
                 logprobs: false,
+                // mistral.rs renders the template itself and, given tools,
+                // parses calls its own way; the gateway keeps tools to its
+                // preamble (forced calls, history written as text) here.
+                tools: ToolSupport::Preamble,
             },
             sampled_tokens,
         })
@@ -158,10 +163,7 @@ async fn probe_vocab_size(model: &Model, served: &str) -> anyhow::Result<usize> 
         model_id: Some(served.to_string()),
         ..NormalRequest::new_simple(
             RequestMessage::Chat {
-                messages: chat_messages(&[PromptMessage {
-                    role: super::Role::User,
-                    content: "hi".into(),
-                }]),
+                messages: chat_messages(&[PromptMessage::text(super::Role::User, "hi")]),
                 enable_thinking: None,
                 reasoning_effort: None,
             },
@@ -297,13 +299,22 @@ fn chat_messages(messages: &[PromptMessage]) -> Vec<IndexMap<String, mistralrs::
         .collect()
 }
 
+/// mistral.rs hands the schema to llguidance as it is; the whitespace bound
+/// is the shared-base engine's (see `JSON_WHITESPACE`), so a small model
+/// cannot loop on newlines inside a forced call or a JSON answer.
 fn constraint(constraint: &OutputConstraint) -> Constraint {
+    let bounded = |mut schema: serde_json::Value| {
+        if let Some(object) = schema.as_object_mut() {
+            object.entry("x-guidance").or_insert_with(|| {
+                serde_json::json!({"whitespace_pattern": super::shared_base::constraint::JSON_WHITESPACE})
+            });
+        }
+        Constraint::JsonSchema(schema)
+    };
     match constraint {
         OutputConstraint::None => Constraint::None,
-        OutputConstraint::JsonObject => {
-            Constraint::JsonSchema(serde_json::json!({"type": "object"}))
-        }
-        OutputConstraint::JsonSchema(schema) => Constraint::JsonSchema(schema.clone()),
+        OutputConstraint::JsonObject => bounded(serde_json::json!({"type": "object"})),
+        OutputConstraint::JsonSchema(schema) => bounded(schema.clone()),
     }
 }
 
@@ -357,10 +368,12 @@ impl Engine for MistralEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
         self.check_model(model)?;
         let (prompt, messages) = (self.prompt.clone(), messages.to_vec());
-        let ids = crate::prompt::run_blocking(move || prompt.tokenize(&messages))
+        let tools = tools.map(<[serde_json::Value]>::to_vec);
+        let ids = crate::prompt::run_blocking(move || prompt.tokenize(&messages, tools.as_deref()))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?
             .map_err(|error| match error {
@@ -418,7 +431,13 @@ impl Engine for MistralEngine {
         };
         let engine = EngineLiveness { sender };
         Ok(GenerationStream {
-            events: Box::pin(events(rx, StopScanner::new(request.stop), budget, engine)),
+            events: Box::pin(events(
+                rx,
+                StopScanner::new(request.stop),
+                budget,
+                engine,
+                (request.constraint != OutputConstraint::None).then(JsonEnd::default),
+            )),
             progress: request_tokens,
         })
     }
@@ -556,11 +575,14 @@ impl EngineLiveness {
     }
 }
 
+/// `json_end`: the answer is constrained JSON, ended by the gateway when its
+/// value closes (see [`JsonEnd`]).
 fn events(
     mut rx: mpsc::Receiver<Response>,
     mut stops: StopScanner,
     budget: TokenBudget,
     engine: EngineLiveness,
+    mut json_end: Option<JsonEnd>,
 ) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
     async_stream::stream! {
         let mut leading = LeadingSpace::default();
@@ -607,10 +629,14 @@ fn events(
             for choice in chunk.choices {
                 let raw = choice.logprobs.as_ref().and_then(|l| l.bytes.as_deref());
                 let text = leading.restore(choice.delta.content.unwrap_or_default(), raw);
-                let (text, stopped) = match stops.push(&text) {
+                let (mut text, mut stopped) = match stops.push(&text) {
                     Scan::Continue(text) => (text, false),
                     Scan::Stopped(text) => (text, true),
                 };
+                if let Some(end) = json_end.as_mut().and_then(|json| json.push(&text)) {
+                    text.truncate(end);
+                    stopped = true;
+                }
                 if !text.is_empty() {
                     yield Ok(GenerationEvent::Delta { text, logprobs: Vec::new() });
                 }

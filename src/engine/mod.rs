@@ -20,11 +20,87 @@ use futures_util::Stream;
 
 pub use admission::{Admission, AdmissionPermit};
 
-/// One message of the prompt, already flattened to plain text.
+/// One message of the prompt, its content flattened to plain text. Tool
+/// calls and tool results reach an engine only when the model's chat
+/// template renders them (or a replica does); otherwise the gateway has
+/// already written them out as text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptMessage {
     pub role: Role,
     pub content: String,
+    /// An assistant turn's function calls.
+    pub tool_calls: Vec<PromptToolCall>,
+    /// A `tool` message answers this call.
+    pub tool_call_id: Option<String>,
+}
+
+impl PromptMessage {
+    /// A message of text alone.
+    pub fn text(role: Role, content: impl Into<String>) -> PromptMessage {
+        PromptMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The message as an OpenAI message object, as chat templates and
+    /// replicas read it. An assistant turn that only calls tools has
+    /// `content: null`, as OpenAI clients send it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut message = serde_json::Map::new();
+        message.insert("role".into(), self.role.as_str().into());
+        let content = if self.content.is_empty() && !self.tool_calls.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.content.clone().into()
+        };
+        message.insert("content".into(), content);
+        if !self.tool_calls.is_empty() {
+            let calls = self.tool_calls.iter().map(PromptToolCall::to_json);
+            message.insert("tool_calls".into(), calls.collect());
+        }
+        if let Some(id) = &self.tool_call_id {
+            message.insert("tool_call_id".into(), id.clone().into());
+        }
+        serde_json::Value::Object(message)
+    }
+}
+
+/// One function call of an earlier assistant turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the client sent them: a JSON string.
+    pub arguments: String,
+}
+
+impl PromptToolCall {
+    /// OpenAI's shape, but with the arguments as an object when they parse
+    /// as one: chat templates (Hermes, Qwen, Llama 3) write them with
+    /// `tojson`, which would otherwise quote the string a second time.
+    pub fn template_json(&self) -> serde_json::Value {
+        let arguments = serde_json::from_str::<serde_json::Value>(&self.arguments)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| self.arguments.clone().into());
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": arguments},
+        })
+    }
+
+    /// Exactly OpenAI's shape (arguments as a string), for replicas.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +108,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A function's result, answering an assistant's tool call.
+    Tool,
 }
 
 impl Role {
@@ -40,8 +118,34 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
+}
+
+/// How a served model takes function tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSupport {
+    /// Its chat template has no tools: the gateway describes the functions
+    /// in a system preamble, and only forced calls (constrained decoding)
+    /// are possible.
+    Preamble,
+    /// Its chat template renders `tools`; `format` is how the model writes
+    /// a call, when the gateway knows it (else `auto` cannot be parsed).
+    Template(Option<ToolCallFormat>),
+    /// A remote replica takes tools and answers calls itself.
+    PassThrough,
+}
+
+/// A chat template's way of writing a function call in plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes,
+    /// Qwen 2.5/3, SmolLM3).
+    Hermes,
+    /// A bare `{"name": ..., "parameters": {...}}` object (Llama 3.1-3.3),
+    /// possibly after `<|python_tag|>`.
+    LlamaJson,
 }
 
 /// Output constraint from `response_format`.
@@ -79,6 +183,13 @@ pub struct GenerationRequest {
     pub prompt_tokens: usize,
     pub stop: Vec<String>,
     pub constraint: OutputConstraint,
+    /// Function tools for the chat template (OpenAI's `tools` array), when
+    /// the model's template renders them.
+    pub tools: Option<Arc<Vec<serde_json::Value>>>,
+    /// Fields a remote replica answers itself, passed to it as the client
+    /// sent them (`tools`, `tool_choice`, `parallel_tool_calls`, `n`,
+    /// `logprobs`, `top_logprobs`); in-process engines ignore them.
+    pub passthrough: serde_json::Map<String, serde_json::Value>,
     /// Whether the client or the configuration chose `max_tokens` (else it
     /// is the rest of the context, which a remote engine works out itself).
     pub max_tokens_chosen: bool,
@@ -119,6 +230,8 @@ pub struct TokenLogprob {
 pub enum FinishReason {
     Stop,
     Length,
+    /// The answer ends with function calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -126,6 +239,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -144,11 +258,23 @@ pub enum GenerationEvent {
         text: String,
         logprobs: Vec<TokenLogprob>,
     },
+    /// A piece of a function call that a remote engine parsed itself, in
+    /// OpenAI's streamed shape: the first piece of call `index` carries its
+    /// id and name, later ones only argument text.
+    ToolCall(ToolCallDelta),
     /// The last event of a successful generation.
     Finished {
         reason: FinishReason,
         usage: TokenUsage,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +323,7 @@ pub struct ModelCard {
     /// The engine reports honest log probabilities (and reproduces seeded
     /// sampling): requests for `logprobs` are refused otherwise.
     pub logprobs: bool,
+    pub tools: ToolSupport,
 }
 
 /// A validated LoRA adapter on disk, ready to load over the base model.
@@ -218,10 +345,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Tokens the prompt occupies once the chat template is applied,
     /// including the assistant turn's header.
+    /// `tools` is OpenAI's `tools` array for the chat template, when the
+    /// request has tools the template renders.
     async fn count_prompt_tokens(
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError>;
 
     /// Starts generating. Dropping the returned stream cancels the generation.

@@ -69,9 +69,80 @@ impl StopScanner {
     }
 }
 
+/// Where a constrained JSON answer ends. mistral.rs 0.8.1 keeps sampling
+/// after its grammar has finished (until `max_tokens`, emitting nothing), so
+/// the gateway ends a JSON answer itself once its top-level object or array
+/// closes. Answers whose top level is a scalar are left to the engine.
+#[derive(Debug, Default)]
+pub struct JsonEnd {
+    depth: usize,
+    started: bool,
+    in_string: bool,
+    escaped: bool,
+    /// The top level is not an object or array.
+    scalar: bool,
+}
+
+impl JsonEnd {
+    /// Feeds text; returns the byte length of `text` up to and including
+    /// the closing bracket when the value ends inside it.
+    pub fn push(&mut self, text: &str) -> Option<usize> {
+        if self.scalar {
+            return None;
+        }
+        for (at, c) in text.char_indices() {
+            if !self.started {
+                match c {
+                    '{' | '[' => {
+                        self.started = true;
+                        self.depth = 1;
+                    }
+                    c if c.is_whitespace() => {}
+                    _ => {
+                        self.scalar = true;
+                        return None;
+                    }
+                }
+                continue;
+            }
+            if self.in_string {
+                match (self.escaped, c) {
+                    (true, _) => self.escaped = false,
+                    (false, '\\') => self.escaped = true,
+                    (false, '"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => self.in_string = true,
+                '{' | '[' => self.depth += 1,
+                '}' | ']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(at + c.len_utf8());
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_ends_where_its_top_level_closes() {
+        let mut end = JsonEnd::default();
+        assert_eq!(end.push(" {\"a\": \"}]\\\"\", "), None);
+        assert_eq!(end.push("\"b\": [1, {}]"), None);
+        assert_eq!(end.push("}  trailing"), Some(1));
+        let mut scalar = JsonEnd::default();
+        assert_eq!(scalar.push("\"x\" } ]"), None);
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut scanner = StopScanner::new(stops.iter().map(|s| s.to_string()).collect());

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::template::{ChatTemplate, TemplateError};
-use crate::engine::PromptMessage;
+use crate::engine::{PromptMessage, ToolCallFormat, ToolSupport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -64,13 +64,26 @@ impl ChatPrompt {
         self.template.supports_tools()
     }
 
-    pub fn render(&self, messages: &[PromptMessage]) -> Result<String, PromptError> {
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-            .collect();
+    /// Whether the template renders tools, and how its model writes calls.
+    pub fn tool_support(&self) -> ToolSupport {
+        if !self.template.supports_tools() {
+            return ToolSupport::Preamble;
+        }
+        ToolSupport::Template(
+            self.template
+                .tool_source()
+                .and_then(|source| tool_call_format(&source)),
+        )
+    }
+
+    pub fn render(
+        &self,
+        messages: &[PromptMessage],
+        tools: Option<&[Value]>,
+    ) -> Result<String, PromptError> {
+        let messages: Vec<Value> = messages.iter().map(template_message).collect();
         self.template
-            .render(&messages, None, true)
+            .render(&messages, tools, true)
             .map_err(|error| match error {
                 TemplateError::Raised(message) => PromptError::Template(message),
                 other => PromptError::Template(other.to_string()),
@@ -78,11 +91,57 @@ impl ChatPrompt {
     }
 
     /// The prompt's token ids, ready for the model.
-    pub fn tokenize(&self, messages: &[PromptMessage]) -> Result<Vec<u32>, PromptError> {
-        let text = self.render(messages)?;
+    pub fn tokenize(
+        &self,
+        messages: &[PromptMessage],
+        tools: Option<&[Value]>,
+    ) -> Result<Vec<u32>, PromptError> {
+        let text = self.render(messages, tools)?;
         self.tokenizer
             .encode(text, false)
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|e| PromptError::Tokenizer(e.to_string()))
+    }
+}
+
+/// A message as transformers hands it to a template: tool-call arguments
+/// as objects (see [`crate::engine::PromptToolCall::template_json`]).
+fn template_message(message: &PromptMessage) -> Value {
+    let mut value = message.to_json();
+    if !message.tool_calls.is_empty() {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|call| call.template_json())
+            .collect();
+        value["tool_calls"] = json!(calls);
+    }
+    value
+}
+
+/// The call format a tool-rendering template teaches its model, read from
+/// the template's own text.
+fn tool_call_format(source: &str) -> Option<ToolCallFormat> {
+    if source.contains("<tool_call>") {
+        Some(ToolCallFormat::Hermes)
+    } else if source.contains("\"parameters\": ") || source.contains("<|python_tag|>") {
+        Some(ToolCallFormat::LlamaJson)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_formats_are_read_from_the_template_text() {
+        let hermes = "{% for tool in tools %}{{ tool | tojson }}{% endfor %}<tool_call>";
+        assert_eq!(tool_call_format(hermes), Some(ToolCallFormat::Hermes));
+        let llama =
+            r#"{"name": function name, "parameters": dictionary of argument name and its value}"#;
+        assert_eq!(tool_call_format(llama), Some(ToolCallFormat::LlamaJson));
+        assert_eq!(tool_call_format("{{ tools }}"), None);
     }
 }

@@ -269,6 +269,15 @@ impl ChatTemplate {
     pub fn supports_tools(&self) -> bool {
         self.uses_tools
     }
+
+    /// The source of the template used when tools are passed.
+    pub fn tool_source(&self) -> Option<String> {
+        let name = if self.has_tool_use { TOOL_USE } else { DEFAULT };
+        self.env
+            .get_template(name)
+            .ok()
+            .map(|t| t.source().to_string())
+    }
 }
 
 impl std::fmt::Debug for ChatTemplate {

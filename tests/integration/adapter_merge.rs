@@ -29,11 +29,11 @@ async fn engine_on(dir: &Path, name: &str) -> MistralEngine {
 }
 
 async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
-    let messages = vec![PromptMessage {
-        role: Role::User,
-        content: prompt.into(),
-    }];
-    let prompt = engine.count_prompt_tokens(model, &messages).await.unwrap();
+    let messages = vec![PromptMessage::text(Role::User, prompt)];
+    let prompt = engine
+        .count_prompt_tokens(model, &messages, None)
+        .await
+        .unwrap();
     let request = GenerationRequest {
         model: model.into(),
         messages,
@@ -45,6 +45,8 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
         prompt_tokens: prompt.count,
         stop: Vec::new(),
         constraint: OutputConstraint::None,
+        tools: None,
+        passthrough: Default::default(),
         max_tokens_chosen: true,
         stream: true,
         prompt_ids: prompt.ids,
@@ -56,6 +58,8 @@ async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
         match event.unwrap() {
             GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
             GenerationEvent::Finished { .. } => break,
+            // Only remote engines report parsed calls.
+            GenerationEvent::ToolCall(_) => {}
         }
     }
     text
@@ -140,13 +144,10 @@ async fn unloading_an_adapter_stops_serving_it() {
     assert!(engine.model("gone-soon").is_some());
     engine.unload_adapter("gone-soon").await.unwrap();
     assert!(engine.model("gone-soon").is_none());
-    let messages = vec![PromptMessage {
-        role: Role::User,
-        content: "hi".into(),
-    }];
+    let messages = vec![PromptMessage::text(Role::User, "hi")];
     assert!(
         engine
-            .count_prompt_tokens("gone-soon", &messages)
+            .count_prompt_tokens("gone-soon", &messages, None)
             .await
             .is_err()
     );

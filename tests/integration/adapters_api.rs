@@ -783,8 +783,9 @@ impl loragate::engine::Engine for HoldingEngine {
         &self,
         model: &str,
         messages: &[loragate::engine::PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<loragate::engine::PromptTokens, loragate::engine::EngineError> {
-        self.inner.count_prompt_tokens(model, messages).await
+        self.inner.count_prompt_tokens(model, messages, tools).await
     }
     async fn generate(
         &self,

@@ -43,8 +43,9 @@ impl Engine for Counting {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
-        self.inner.count_prompt_tokens(model, messages).await
+        self.inner.count_prompt_tokens(model, messages, tools).await
     }
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let started = self.inner.generate(request).await;

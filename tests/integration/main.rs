@@ -21,4 +21,5 @@ mod openapi;
 mod ratelimit_redis;
 mod shared_base;
 mod tenancy;
+mod tools_api;
 mod upstream;

@@ -32,11 +32,11 @@ async fn engine_on(dir: &Path, name: &str, engine: &str) -> Arc<dyn Engine> {
 }
 
 async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens: usize) -> String {
-    let messages = vec![PromptMessage {
-        role: Role::User,
-        content: prompt.into(),
-    }];
-    let prompt = engine.count_prompt_tokens(model, &messages).await.unwrap();
+    let messages = vec![PromptMessage::text(Role::User, prompt)];
+    let prompt = engine
+        .count_prompt_tokens(model, &messages, None)
+        .await
+        .unwrap();
     let request = GenerationRequest {
         model: model.into(),
         messages,
@@ -48,6 +48,8 @@ async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens:
         prompt_tokens: prompt.count,
         stop: Vec::new(),
         constraint: OutputConstraint::None,
+        tools: None,
+        passthrough: Default::default(),
         max_tokens_chosen: true,
         stream: true,
         prompt_ids: prompt.ids,
@@ -59,6 +61,8 @@ async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens:
         match event.unwrap() {
             GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
             GenerationEvent::Finished { .. } => break,
+            // Only remote engines report parsed calls.
+            GenerationEvent::ToolCall(_) => {}
         }
     }
     // mistral.rs 0.8.1 drops a last character cut off by the token budget
@@ -319,10 +323,7 @@ async fn logprobs_are_a_proper_distribution_matching_an_independent_forward_pass
     let prompt =
         loragate::prompt::chat::ChatPrompt::from_model_dir(common::tiny_model_dir()).unwrap();
     let ids = prompt
-        .tokenize(&[PromptMessage {
-            role: Role::User,
-            content: "Hi".into(),
-        }])
+        .tokenize(&[PromptMessage::text(Role::User, "Hi")], None)
         .unwrap();
     let expected = log_softmax(&Reference::load(common::tiny_model_dir()).logits(&ids));
     let mut ranked: Vec<(usize, f64)> = expected.iter().copied().enumerate().collect();

@@ -559,3 +559,91 @@ async fn replica_error_details_reach_the_log_not_the_client() {
         );
     }
 }
+
+/// Tools, tool messages, `logprobs` and the replica's calls travel through
+/// unchanged in meaning, streamed or not; usage still settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_and_logprobs_pass_through() {
+    let replica = MockUpstream::start("t", &["--tokens", "3"]);
+    let fleet = front(&[("t", replica.url())], "model = \"mock-model\"", None);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let mut request = ask("fleet", false);
+    request["tools"] = tools.clone();
+    request["tool_choice"] = json!("auto");
+    let (status, body) = chat(&fleet, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert!(choice["message"]["content"].is_null());
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "call_mock1");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "Paris", "days": 3}));
+
+    let mut streamed = ask("fleet", true);
+    streamed["tools"] = tools.clone();
+    let response = client()
+        .post(fleet.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let frames = crate::common::sse_data(&response.text().await.unwrap());
+    let mut arguments = String::new();
+    let mut id = None;
+    let mut finish = None;
+    for frame in frames.iter().filter(|f| f.as_str() != "[DONE]") {
+        let chunk: Value = serde_json::from_str(frame).unwrap();
+        for call in chunk["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(call["index"], 0);
+            id = id.or(call["id"].as_str().map(str::to_string));
+            arguments += call["function"]["arguments"].as_str().unwrap_or_default();
+        }
+        finish = finish.or(chunk["choices"][0]["finish_reason"]
+            .as_str()
+            .map(str::to_string));
+    }
+    assert_eq!(id.as_deref(), Some("call_mock1"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris", "days": 3})
+    );
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+
+    // The result goes back as a `tool` message; the replica quotes it.
+    let mut round = ask("fleet", false);
+    round["tools"] = tools;
+    round["tool_choice"] = json!("none");
+    round["messages"] = json!([
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_mock1", "content": "sunny"}
+    ]);
+    let (status, body) = chat(&fleet, &round).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.ends_with("tool call_mock1 said sunny"), "{content}");
+
+    // Log probabilities: refused in-process by mistral.rs, answered here.
+    let mut with_logprobs = ask("fleet", false);
+    with_logprobs["logprobs"] = json!(true);
+    with_logprobs["top_logprobs"] = json!(2);
+    let (status, body) = chat(&fleet, &with_logprobs).await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[1]["token"], " w1");
+    assert_eq!(entries[1]["top_logprobs"].as_array().unwrap().len(), 2);
+    with_logprobs["stream"] = json!(true);
+    let streamed = stream(&fleet, &with_logprobs).await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.content, "[t mock-model] w1 w2");
+}

@@ -29,6 +29,7 @@ fn card(context_length: usize) -> ModelCard {
         vocab_size: 100,
         max_token_bytes: 4,
         logprobs: false,
+        tools: crate::engine::ToolSupport::Preamble,
     }
 }
 
@@ -37,10 +38,7 @@ fn accepts_a_plain_request() {
     let validated = chat(base()).unwrap();
     assert_eq!(
         validated.messages,
-        vec![PromptMessage {
-            role: Role::User,
-            content: "hi".into()
-        }]
+        vec![PromptMessage::text(Role::User, "hi")]
     );
     assert!(!validated.stream);
 }
@@ -62,7 +60,6 @@ fn out_of_range_parameters_are_named() {
         ("logit_bias", serde_json::json!({"abc": 1})),
         ("logit_bias", serde_json::json!({"5": 101})),
         ("stop", serde_json::json!(["a", "b", "c", "d", "e"])),
-        ("tools", serde_json::json!([{"type": "function"}])),
     ] {
         assert_eq!(
             param_of(chat(with(field, value.clone()))).as_deref(),
@@ -86,11 +83,20 @@ fn messages_are_checked_one_by_one() {
         param_of(chat(with("messages", image))).as_deref(),
         Some("messages[0].content")
     );
-    let tool = serde_json::json!([{"role": "tool", "content": "x", "tool_call_id": "1"}]);
+    let tool = serde_json::json!([{"role": "tool", "content": "x"}]);
     assert_eq!(
         param_of(chat(with("messages", tool))).as_deref(),
-        Some("messages[0].role")
+        Some("messages[0].tool_call_id")
     );
+    let calls_from_user = serde_json::json!([{"role": "user", "content": "x", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]}]);
+    assert_eq!(
+        param_of(chat(with("messages", calls_from_user))).as_deref(),
+        Some("messages[0].tool_calls")
+    );
+    let missing_function = with("tools", serde_json::json!([{"type": "function"}]));
+    assert!(param_of(chat(missing_function)).is_some_and(|param| param.starts_with("tools")));
     let no_content = serde_json::json!([{"role": "assistant"}]);
     assert_eq!(
         param_of(chat(with("messages", no_content))).as_deref(),
@@ -219,4 +225,21 @@ fn logprobs_are_refused_where_the_engine_cannot_give_them() {
         .unwrap();
     assert!(generation.sampling.logprobs);
     assert_eq!(generation.sampling.top_logprobs, 3);
+}
+
+#[test]
+fn a_tool_round_trip_history_is_accepted() {
+    let history = serde_json::json!([
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"city\":\"Paris\"}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    ]);
+    let validated = chat(with("messages", history)).unwrap();
+    assert_eq!(validated.messages[1].tool_calls[0].name, "f");
+    assert_eq!(
+        validated.messages[2].tool_call_id.as_deref(),
+        Some("call_1")
+    );
 }

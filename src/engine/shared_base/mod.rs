@@ -156,6 +156,7 @@ impl SharedBaseEngine {
                 vocab_size: llama.vocab,
                 max_token_bytes: prompt.max_token_bytes(),
                 logprobs: true,
+                tools: prompt.tool_support(),
             },
             model,
             token_bytes: Arc::new(TokenBytes::new(prompt.tokenizer())),
@@ -216,9 +217,14 @@ impl SharedBaseEngine {
             .ok_or_else(|| EngineError::UnknownModel(model.to_string()))
     }
 
-    async fn tokenize(&self, messages: &[PromptMessage]) -> Result<Vec<u32>, EngineError> {
+    async fn tokenize(
+        &self,
+        messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<Vec<u32>, EngineError> {
         let (prompt, messages) = (self.prompt.clone(), messages.to_vec());
-        run_blocking(move || prompt.tokenize(&messages))
+        let tools = tools.map(<[serde_json::Value]>::to_vec);
+        run_blocking(move || prompt.tokenize(&messages, tools.as_deref()))
             .await
             .map_err(blocking_error)?
             .map_err(|error| match error {
@@ -243,9 +249,10 @@ impl Engine for SharedBaseEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
         self.adapter(model)?;
-        let ids = self.tokenize(messages).await?;
+        let ids = self.tokenize(messages, tools).await?;
         Ok(PromptTokens {
             count: ids.len(),
             ids: Some(Arc::new(ids)),
@@ -256,7 +263,13 @@ impl Engine for SharedBaseEngine {
         let adapter = self.adapter(&request.model)?;
         let prompt = match &request.prompt_ids {
             Some(ids) => ids.as_ref().clone(),
-            None => self.tokenize(&request.messages).await?,
+            None => {
+                self.tokenize(
+                    &request.messages,
+                    request.tools.as_deref().map(Vec::as_slice),
+                )
+                .await?
+            }
         };
         let constraint = self.constraint(&request.constraint).await?;
         let sampling = &request.sampling;

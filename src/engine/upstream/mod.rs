@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ModelConfig, UpstreamConfig};
 use crate::engine::{
     AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage, PromptTokens,
+    PromptMessage, PromptTokens, ToolSupport,
 };
 use crate::metrics::Metrics;
 use attempt::{Attempt, SendError};
@@ -184,6 +184,7 @@ impl UpstreamEngine {
                 vocab_size: upstream.vocab_size.unwrap_or(usize::MAX),
                 max_token_bytes: counter.max_token_bytes(),
                 logprobs: false,
+                tools: ToolSupport::PassThrough,
             },
             upstream_model: upstream.model.clone(),
             adapters: RwLock::new(HashMap::new()),
@@ -228,12 +229,16 @@ impl Engine for UpstreamEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
         self.known(model)?;
         let (counter, messages) = (self.counter.clone(), messages.to_vec());
-        crate::prompt::run_blocking(move || PromptTokens::counted(counter.prompt(&messages)))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))
+        let tools = tools.map(<[serde_json::Value]>::to_vec).unwrap_or_default();
+        crate::prompt::run_blocking(move || {
+            PromptTokens::counted(counter.prompt(&messages, &tools))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {

@@ -69,11 +69,19 @@ impl TokenCounter {
     /// The prompt's size before the chat template, plus a few tokens per
     /// message for it: an estimate for admission and limits, settled later
     /// against the replica's own count.
-    pub fn prompt(&self, messages: &[PromptMessage]) -> usize {
+    pub fn prompt(&self, messages: &[PromptMessage], tools: &[serde_json::Value]) -> usize {
+        let calls = |m: &PromptMessage| -> usize {
+            m.tool_calls
+                .iter()
+                .map(|c| self.count(&c.name) + self.count(&c.arguments) + 4)
+                .sum()
+        };
+        let tools: usize = tools.iter().map(|t| self.count(&t.to_string())).sum();
         messages
             .iter()
-            .map(|m| self.count(&m.content) + 4)
+            .map(|m| self.count(&m.content) + calls(m) + 4)
             .sum::<usize>()
+            + tools
             + 3
     }
 }
@@ -183,15 +191,21 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                 };
                 usage = frame.usage.or(usage);
                 finish = frame.finish.or(finish);
-                if !frame.text.is_empty() {
-                    relayed += frame.text.len();
-                    if relayed > context.body_cap {
-                        yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "stream"));
-                        return;
-                    }
+                let arguments: usize = frame.tool_calls.iter().map(|c| c.arguments.len()).sum();
+                relayed += frame.text.len() + arguments;
+                if relayed > context.body_cap {
+                    yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "stream"));
+                    return;
+                }
+                if !frame.text.is_empty() || !frame.logprobs.is_empty() {
                     context.progress.fetch_add(1, Ordering::Relaxed);
                     tally.add(&frame.text);
-                    yield Ok(GenerationEvent::Delta { text: frame.text, logprobs: Vec::new() });
+                    yield Ok(GenerationEvent::Delta { text: frame.text, logprobs: frame.logprobs });
+                }
+                for call in frame.tool_calls {
+                    context.progress.fetch_add(1, Ordering::Relaxed);
+                    tally.add(&call.arguments);
+                    yield Ok(GenerationEvent::ToolCall(call));
                 }
             }
             if ended {
@@ -235,10 +249,15 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
         }
         match wire::parse_completion(&body) {
             Ok(answer) => {
-                let usage = context.usage(answer.usage, context.counter.count(&answer.text));
+                let arguments: String = answer.tool_calls.iter().map(|c| c.arguments.as_str()).collect();
+                let counted = context.counter.count(&answer.text) + context.counter.count(&arguments);
+                let usage = context.usage(answer.usage, counted);
                 context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
-                if !answer.text.is_empty() {
-                    yield Ok(GenerationEvent::Delta { text: answer.text, logprobs: Vec::new() });
+                if !answer.text.is_empty() || !answer.logprobs.is_empty() {
+                    yield Ok(GenerationEvent::Delta { text: answer.text, logprobs: answer.logprobs });
+                }
+                for call in answer.tool_calls {
+                    yield Ok(GenerationEvent::ToolCall(call));
                 }
                 yield Ok(GenerationEvent::Finished { reason: answer.finish, usage });
             }

@@ -5,15 +5,13 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::engine::{FinishReason, GenerationRequest, OutputConstraint};
+use crate::engine::{
+    FinishReason, GenerationRequest, OutputConstraint, TokenLogprob, ToolCallDelta,
+};
 
 /// The request body for `model` on a replica.
 pub fn request_body(request: &GenerationRequest, model: &str) -> Vec<u8> {
-    let messages: Vec<Value> = request
-        .messages
-        .iter()
-        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-        .collect();
+    let messages: Vec<Value> = request.messages.iter().map(|m| m.to_json()).collect();
     let mut body = Map::new();
     body.insert("model".into(), model.into());
     body.insert("messages".into(), messages.into());
@@ -37,6 +35,11 @@ pub fn request_body(request: &GenerationRequest, model: &str) -> Vec<u8> {
             sampling.frequency_penalty.map(Value::from),
         ),
         ("seed", sampling.seed.map(Value::from)),
+        ("logprobs", sampling.logprobs.then_some(Value::from(true))),
+        (
+            "top_logprobs",
+            (sampling.top_logprobs > 0).then_some(Value::from(sampling.top_logprobs)),
+        ),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -66,6 +69,9 @@ pub fn request_body(request: &GenerationRequest, model: &str) -> Vec<u8> {
             );
         }
     }
+    for (name, value) in &request.passthrough {
+        body.insert(name.clone(), value.clone());
+    }
     serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
 }
 
@@ -93,12 +99,98 @@ struct CompletionChoice {
     message: CompletionMessage,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
 }
 
 #[derive(Debug, Deserialize)]
 struct CompletionMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+/// A call as a replica writes it; in streams every field but `index` may
+/// be missing from later pieces.
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+impl WireToolCall {
+    fn delta(self, position: usize) -> ToolCallDelta {
+        let (name, arguments) = match self.function {
+            Some(function) => (function.name, function.arguments.unwrap_or_default()),
+            None => (None, String::new()),
+        };
+        ToolCallDelta {
+            index: self.index.unwrap_or(position),
+            id: self.id,
+            name,
+            arguments,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Logprobs {
+    #[serde(default)]
+    content: Option<Vec<LogprobEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogprobEntry {
+    token: String,
+    logprob: f32,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    top_logprobs: Vec<TopEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TopEntry {
+    token: String,
+    logprob: f32,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+}
+
+fn logprobs_of(logprobs: Option<Logprobs>) -> Vec<TokenLogprob> {
+    let bytes =
+        |token: &str, bytes: Option<Vec<u8>>| bytes.unwrap_or_else(|| token.as_bytes().to_vec());
+    logprobs
+        .and_then(|l| l.content)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|entry| TokenLogprob {
+            bytes: bytes(&entry.token, entry.bytes),
+            top: entry
+                .top_logprobs
+                .into_iter()
+                .map(|top| {
+                    let b = bytes(&top.token, top.bytes);
+                    (top.token, b, top.logprob)
+                })
+                .collect(),
+            token: entry.token,
+            logprob: entry.logprob,
+        })
+        .collect()
 }
 
 /// A non-streamed answer, reduced to what the gateway needs.
@@ -107,6 +199,9 @@ pub struct Answer {
     pub text: String,
     pub finish: FinishReason,
     pub usage: Option<UpstreamUsage>,
+    /// Whole calls (each delta carries id, name and all the arguments).
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 pub fn parse_completion(body: &[u8]) -> Result<Answer, String> {
@@ -121,14 +216,24 @@ pub fn parse_completion(body: &[u8]) -> Result<Answer, String> {
         text: choice.message.content.unwrap_or_default(),
         finish: finish_reason(choice.finish_reason.as_deref()),
         usage: completion.usage,
+        tool_calls: choice
+            .message
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(position, call)| call.delta(position))
+            .collect(),
+        logprobs: logprobs_of(choice.logprobs),
     })
 }
 
-/// Anything but `length` ends the answer normally (`stop`, and the
-/// `tool_calls`/`content_filter` some servers send).
+/// `length` and `tool_calls` as sent; anything else ends the answer
+/// normally (`stop`, and the `content_filter` some servers send).
 fn finish_reason(reason: Option<&str>) -> FinishReason {
     match reason {
         Some("length") => FinishReason::Length,
+        Some("tool_calls") => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
     }
 }
@@ -149,12 +254,16 @@ struct ChunkChoice {
     delta: Option<ChunkDelta>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ChunkDelta {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
 }
 
 /// One `data:` frame of a streamed answer.
@@ -163,6 +272,8 @@ pub struct Frame {
     pub text: String,
     pub finish: Option<FinishReason>,
     pub usage: Option<UpstreamUsage>,
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 pub fn parse_frame(data: &str) -> Result<Frame, String> {
@@ -178,7 +289,17 @@ pub fn parse_frame(data: &str) -> Result<Frame, String> {
         ..Frame::default()
     };
     if let Some(choice) = chunk.choices.into_iter().next() {
-        frame.text = choice.delta.and_then(|d| d.content).unwrap_or_default();
+        frame.logprobs = logprobs_of(choice.logprobs);
+        if let Some(delta) = choice.delta {
+            frame.text = delta.content.unwrap_or_default();
+            frame.tool_calls = delta
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(position, call)| call.delta(position))
+                .collect();
+        }
         frame.finish = choice
             .finish_reason
             .as_deref()
@@ -225,10 +346,7 @@ mod tests {
     fn request(stream: bool) -> GenerationRequest {
         GenerationRequest {
             model: "m".into(),
-            messages: vec![PromptMessage {
-                role: Role::User,
-                content: "hi".into(),
-            }],
+            messages: vec![PromptMessage::text(Role::User, "hi")],
             sampling: Sampling {
                 temperature: Some(0.0),
                 logit_bias: [(7, -100.0)].into(),
@@ -238,6 +356,8 @@ mod tests {
             prompt_tokens: 3,
             stop: vec!["END".into()],
             constraint: OutputConstraint::JsonObject,
+            tools: None,
+            passthrough: Map::new(),
             max_tokens_chosen: false,
             stream,
             prompt_ids: None,

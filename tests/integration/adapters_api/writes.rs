@@ -44,8 +44,9 @@ impl Engine for GatedEngine {
         &self,
         model: &str,
         messages: &[PromptMessage],
+        tools: Option<&[serde_json::Value]>,
     ) -> Result<PromptTokens, EngineError> {
-        self.inner.count_prompt_tokens(model, messages).await
+        self.inner.count_prompt_tokens(model, messages, tools).await
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
