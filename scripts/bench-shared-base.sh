@@ -20,14 +20,23 @@ fi
 log "building the benchmark"
 cargo build --quiet --example shared_base
 bench="$CARGO_TARGET_DIR/debug/examples/shared_base"
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# Results stay (one folder per run) so a failed row never loses the others.
+work="$LORAGATE_CACHE/bench/shared-base-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$work"
+log "results in $work"
 "$bench" "$base" --write-adapters "$work/adapters"
 log "shared-base engine ($runs runs, $many resident adapters)"
 "$bench" "$base" --adapters-dir "$work/adapters" --runs "$runs" --adapters "$many" --json > "$work/ours.json"
 log "mistral.rs 0.8.1 (merged adapters; no many-adapter row: each is a copy of the base)"
 "$bench" "$base" --adapters-dir "$work/adapters" --runs "$runs" --adapters 0 --engine mistralrs --json > "$work/v081.json"
 log "mistral.rs 0.9.5 (PyPI, per-request LoRA)"
-"$peer_venv/bin/python" scripts/bench/peer_mistralrs.py "$base" "$work/adapters" --runs "$runs" --adapters "$many" > "$work/peer.json"
+# mistralrs's own tracing writes to stdout: the result is the last line.
+"$peer_venv/bin/python" scripts/bench/peer_mistralrs.py "$base" "$work/adapters" --runs "$runs" --adapters "$many" > "$work/peer.log" 2>&1 \
+  || { log "the peer failed; its log: $work/peer.log"; tail -20 "$work/peer.log" >&2; exit 1; }
+tail -n 1 "$work/peer.log" > "$work/peer.json"
+for result in ours v081 peer; do
+  [ -s "$work/$result.json" ] || { log "$work/$result.json is empty"; exit 1; }
+done
 python3 - "$work/ours.json" "$work/v081.json" "$work/peer.json" <<'PY'
 import json, sys
 ours, v081, peer = (json.load(open(p)) for p in sys.argv[1:])
