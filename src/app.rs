@@ -68,7 +68,7 @@ impl AppState {
         if !config.auth.enabled {
             tenants.push("anonymous".into());
         }
-        metrics.prime(&tenants);
+        metrics.prime(&tenants, &config.model.served_name);
         if !config.auth.enabled {
             tracing::warn!(
                 open_admin = config.auth.allow_open_admin,

@@ -310,7 +310,9 @@ impl Metrics {
 
     /// Creates the bounded label combinations at zero, so dashboards show 0
     /// rather than "no data" and `increase()` sees the first event.
-    pub fn prime(&self, tenants: &[String]) {
+    /// Creates the bounded series at zero, so dashboards read 0 rather than
+    /// "no data" before the first request (`base_model`: the served name).
+    pub fn prime(&self, tenants: &[String], base_model: &str) {
         for reason in ["queue_full", "queue_timeout"] {
             self.admission_rejections.with_label_values(&[reason]);
         }
@@ -331,6 +333,13 @@ impl Metrics {
             self.adapter_evictions.with_label_values(&[tenant]);
             self.tenant_queue_depth.with_label_values(&[tenant]);
             self.tenant_queue_wait.with_label_values(&[tenant]);
+            self.prompt_tokens.with_label_values(&[tenant, base_model]);
+            self.completion_tokens
+                .with_label_values(&[tenant, base_model]);
+            for reason in ["stop", "length", "tool_calls", "cancelled", "error"] {
+                self.finished
+                    .with_label_values(&[tenant, base_model, reason]);
+            }
         }
     }
 

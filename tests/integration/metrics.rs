@@ -91,3 +91,17 @@ async fn a_thousand_unknown_models_add_no_series() {
         "client-chosen names never become labels"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outcome_and_token_series_exist_at_zero_before_any_request() {
+    let server = TestServer::start();
+    let text = exposition(&server).await;
+    for series in [
+        "loragate_requests_finished_total{model=\"tiny\",reason=\"stop\",tenant=\"anonymous\"} 0",
+        "loragate_requests_finished_total{model=\"tiny\",reason=\"error\",tenant=\"anonymous\"} 0",
+        "loragate_prompt_tokens_total{model=\"tiny\",tenant=\"anonymous\"} 0",
+        "loragate_completion_tokens_total{model=\"tiny\",tenant=\"anonymous\"} 0",
+    ] {
+        assert!(text.lines().any(|line| line == series), "{series} missing");
+    }
+}
