@@ -83,9 +83,13 @@ async fn closing_the_connection_stops_a_non_streamed_generation() {
     drop(socket);
     let after = settled_metric(&server, &sampled(), Duration::from_millis(500)).await;
     let generated = after - before;
+    // Left running, it would sample its whole budget (2000 tokens, less the
+    // prompt). The tiny model samples about a thousand tokens while a loaded
+    // machine notices the hang-up, so the bound sits well below the budget,
+    // not at a fixed time.
     assert!(
-        generated < 1000.0,
-        "generation stopped after the client left ({generated})"
+        generated < 1800.0,
+        "generation ran on after the client left ({generated} of 2000)"
     );
 }
 
