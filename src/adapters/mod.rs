@@ -43,6 +43,32 @@ pub struct AdapterRecord {
     pub shared: bool,
 }
 
+impl AdapterRecord {
+    /// A checked upload about to be stored: the store assigns its generation.
+    pub fn from_validated(
+        tenant: &str,
+        name: String,
+        validated: validate::ValidatedAdapter,
+        shared: bool,
+    ) -> AdapterRecord {
+        AdapterRecord {
+            tenant: tenant.to_string(),
+            name,
+            generation: 0,
+            rank: validated.rank,
+            alpha: validated.alpha,
+            target_modules: validated.target_modules,
+            size_bytes: validated.size_bytes,
+            sha256: validated.sha256,
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            shared,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     #[error("invalid {field}: {message}")]

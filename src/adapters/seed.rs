@@ -3,8 +3,6 @@
 //! their name has no generation yet. A first run serves them; an admin's
 //! later upload or rollback is never overwritten by a restart.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::staging::blocking;
 use super::validate::{BaseShape, Limits, validate_file};
 use super::{AdapterError, AdapterRecord, AdapterStore};
@@ -67,21 +65,8 @@ async fn seed_one(
             return Err(error);
         }
     };
-    let record = AdapterRecord {
-        tenant: seed.tenant.clone(),
-        name: seed.name.clone(),
-        generation: 0,
-        rank: validated.rank,
-        alpha: validated.alpha,
-        target_modules: validated.target_modules,
-        size_bytes: validated.size_bytes,
-        sha256: validated.sha256,
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        shared: seed.shared,
-    };
+    let record =
+        AdapterRecord::from_validated(&seed.tenant, seed.name.clone(), validated, seed.shared);
     let (stored, _) = store
         .put(record, staging, config, None, |_| async { Ok(()) })
         .await?;

@@ -5,8 +5,6 @@
 
 mod form;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -197,21 +195,7 @@ async fn prepare(
     })
     .await
     .map_err(ApiError::engine)??;
-    let record = AdapterRecord {
-        tenant: tenant.to_string(),
-        name: upload.name,
-        generation: 0,
-        rank: validated.rank,
-        alpha: validated.alpha,
-        target_modules: validated.target_modules,
-        size_bytes: validated.size_bytes,
-        sha256: validated.sha256,
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        shared: upload.shared,
-    };
+    let record = AdapterRecord::from_validated(tenant, upload.name, validated, upload.shared);
     Ok((record, config, upload.expected))
 }
 
