@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use either::Either;
@@ -23,6 +22,7 @@ use mistralrs::{
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
+use super::mistral_gate::{CacheGate, SharedPermit};
 use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, replica_bytes};
 use super::stop::{JsonEnd, Scan, StopScanner};
 use super::{
@@ -47,7 +47,14 @@ pub struct MistralEngine {
     /// Tokens the engine actually sampled, counted inside its sampler: the
     /// ground truth for "did this generation really stop".
     sampled_tokens: IntCounter,
+    /// One KV-cache size at a time per model (see `mistral_gate`); `None`
+    /// with paged attention, whose cache has no such sizes.
+    cache_gate: Option<Arc<CacheGate>>,
 }
+
+/// How long a cancelled sequence may stay parked inside mistral.rs before
+/// its cache size stops holding back prompts of another size.
+const CANCELLED_SEQUENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl MistralEngine {
     pub async fn load(
@@ -79,10 +86,7 @@ impl MistralEngine {
         let vocab_size = probe_vocab_size(&model, &served).await?;
         let prompt = load_prompt(config)?;
         let max_token_bytes = prompt.max_token_bytes();
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created = crate::clock::unix_now_secs();
         let base = match config.format {
             ModelFormat::Safetensors => Some(BaseFiles::of(config, dtype(config))?),
             ModelFormat::Gguf => None,
@@ -107,6 +111,10 @@ impl MistralEngine {
                 tools: ToolSupport::Preamble,
             },
             sampled_tokens,
+            cache_gate: config
+                .paged_attention
+                .is_none()
+                .then(|| Arc::new(CacheGate::default())),
         })
     }
 
@@ -386,9 +394,15 @@ impl Engine for MistralEngine {
 
     async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         self.check_model(&request.model)?;
+        let permit = match &self.cache_gate {
+            Some(gate) => Some(gate.enter(&request.model, request.prompt_tokens).await),
+            None => None,
+        };
+        let permit = SharedPermit::new(permit);
         let sender = self.live_sender(&request.model).await?;
         let request_tokens = Arc::new(AtomicU64::new(0));
         let tap = SamplerTap {
+            permit: permit.clone(),
             sampled_tokens: self.sampled_tokens.clone(),
             request_tokens: request_tokens.clone(),
             max_tokens: request.max_tokens as u64,
@@ -432,6 +446,7 @@ impl Engine for MistralEngine {
         let engine = EngineLiveness { sender };
         Ok(GenerationStream {
             events: Box::pin(events(
+                permit.stream_hold(CANCELLED_SEQUENCE_GRACE),
                 rx,
                 StopScanner::new(request.stop),
                 budget,
@@ -455,6 +470,14 @@ struct SamplerTap {
     max_tokens: u64,
     logit_bias: HashMap<u32, f32>,
     bias_tensor: OnceLock<Tensor>,
+    /// Dropped with the sequence, inside mistral.rs.
+    permit: SharedPermit,
+}
+
+impl Drop for SamplerTap {
+    fn drop(&mut self) {
+        self.permit.release();
+    }
 }
 
 impl CustomLogitsProcessor for SamplerTap {
@@ -578,6 +601,7 @@ impl EngineLiveness {
 /// `json_end`: the answer is constrained JSON, ended by the gateway when its
 /// value closes (see [`JsonEnd`]).
 fn events(
+    permit: super::mistral_gate::StreamHold,
     mut rx: mpsc::Receiver<Response>,
     mut stops: StopScanner,
     budget: TokenBudget,
@@ -585,6 +609,7 @@ fn events(
     mut json_end: Option<JsonEnd>,
 ) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
     async_stream::stream! {
+        let _permit = permit;
         let mut leading = LeadingSpace::default();
         loop {
             let chunk = match rx.recv().await {

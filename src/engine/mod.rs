@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod mistral;
+mod mistral_gate;
 mod mistral_lora;
 pub mod shared_base;
 mod stop;

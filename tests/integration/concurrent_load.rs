@@ -1,5 +1,5 @@
 //! Issue 18's reproduction: a busy tenant on the tiny model. Rounds of 96 chat
-//! requests (`max_tokens` 256, temperature 0, `logit_bias: {}`) from 32
+//! requests (`max_tokens` up to 256, temperature 0, `logit_bias: {}`) from 32
 //! concurrent clients through `admission.max_in_flight = 4`, streamed and not.
 //!
 //! With mistral.rs's prefix cache on, this panicked its engine thread
@@ -7,8 +7,17 @@
 //! round or two: sequences restored from the cache keep the capacity of the
 //! longer sequence they were stored from, and the engine batches sequences
 //! of equal length whatever their capacity. Prompts here are of many lengths
-//! (a shared prefix, then 20-420 bytes, one token each) so finished sequences
-//! land on both sides of the cache's 512-token growth step.
+//! (a shared prefix, then 20-1,020 bytes, one token each) so finished
+//! sequences land on both sides of the cache's 512-token growth step.
+//!
+//! Prompt caches differing in size crashed it too, prefix cache or not:
+//! mistral.rs sizes a sequence's cache by its prompt in 512-token steps,
+//! parks sequences of other lengths, and when every running sequence ends
+//! restarts the parked ones as prompts, batching equal lengths whatever
+//! their caches' sizes (`kv_cache/mod.rs:591`, "shape mismatch in cat for
+//! dim 2"; the gateway's `mistral_gate` prevents it). Prompts here reach
+//! past 512 tokens and budgets vary, so running sequences end while others
+//! are parked.
 //!
 //! Every answer must be a 200 that finishes (no error event, no 5xx), the
 //! engine must never fail (no panic, no retried generation, no generation
@@ -26,7 +35,11 @@ use serde_json::{Value, json};
 
 const REQUESTS_PER_ROUND: usize = 96;
 const CLIENTS: usize = 32;
-const MAX_TOKENS: u64 = 256;
+/// Budgets by request: long ones as in the issue, short ones that end
+/// while others run.
+fn max_tokens(i: usize) -> u64 {
+    [256, 24, 96, 8][(i / 4) % 4]
+}
 const ROUNDS: usize = 2;
 
 /// Panics in the engine or the gateway (any thread) while this binary runs.
@@ -62,7 +75,7 @@ fn prompt(i: usize) -> String {
     let mut text = String::from("Tell me everything you know about request number ");
     text.push_str(&(i % 7).to_string());
     let filler = "and then some more words to make it longer ";
-    while text.len() < 20 + (i * 37) % 400 {
+    while text.len() < 20 + (i * 37) % 1000 {
         text.push_str(filler);
     }
     text
@@ -95,8 +108,9 @@ async fn one(base: &str, http: &reqwest::Client, i: usize) -> Result<Seen, Strin
     let mut body = json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": prompt(i)}],
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
+        "max_tokens": max_tokens(i),
+        // Sampled ones too: their lengths spread the batch further.
+        "temperature": if i.is_multiple_of(3) { 0.7 } else { 0.0 },
         "logit_bias": if exact { ascii_only_bias() } else { json!({}) },
     });
     if stream {
@@ -161,15 +175,16 @@ async fn one(base: &str, http: &reqwest::Client, i: usize) -> Result<Seen, Strin
         prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(u64::MAX),
         completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(u64::MAX),
     };
-    if seen.completion_tokens > MAX_TOKENS {
+    let budget = max_tokens(i);
+    if seen.completion_tokens > budget {
         return Err(format!(
-            "request {i}: completion_tokens {} above max_tokens {MAX_TOKENS}",
+            "request {i}: completion_tokens {} above max_tokens {budget}",
             seen.completion_tokens
         ));
     }
-    if finish == "length" && seen.completion_tokens != MAX_TOKENS {
+    if finish == "length" && seen.completion_tokens != budget {
         return Err(format!(
-            "request {i}: finish_reason length at {} of {MAX_TOKENS} tokens",
+            "request {i}: finish_reason length at {} of {budget} tokens",
             seen.completion_tokens
         ));
     }
