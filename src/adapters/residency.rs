@@ -7,8 +7,14 @@
 //! The budget is in bytes (what each loaded adapter really holds: its own
 //! tensors on the shared-base engine, a whole copy of the base on mistral.rs),
 //! with an optional cap on the count as well.
+//!
+//! When every slot is serving requests, loads wait their turn in arrival
+//! order, and the least recently used slot drains for the first of them: it
+//! finishes the requests it holds but takes no new ones. Without that, a
+//! tenant sending back-to-back requests to its adapter would keep the only
+//! slot busy forever and starve every other adapter.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,9 @@ struct Slot {
     bytes: u64,
     /// Replaced or deleted: serves the requests it has, takes no new ones.
     retired: bool,
+    /// Giving its place to a waiting load: serves the requests it has, and
+    /// new ones for it wait their turn like any other load.
+    draining: bool,
 }
 
 #[derive(Default)]
@@ -40,12 +49,59 @@ struct State {
     /// Loads in progress, with the bytes each is expected to take.
     loading: HashMap<String, (Load, u64)>,
     clock: u64,
+    /// Tickets of the requests waiting for a slot, oldest first; only the
+    /// oldest may make room.
+    waiting: BTreeSet<u64>,
+    next_ticket: u64,
 }
 
 impl State {
     fn bytes(&self) -> u64 {
         self.resident.values().map(|slot| slot.bytes).sum::<u64>()
             + self.loading.values().map(|(_, bytes)| bytes).sum::<u64>()
+    }
+
+    /// Whether the holder of `ticket` (none yet: a new request) may make room.
+    fn may_make_room(&self, ticket: Option<u64>) -> bool {
+        match self.waiting.first() {
+            None => true,
+            Some(first) => ticket == Some(*first),
+        }
+    }
+
+    /// Marks the least recently used slot draining, unless one already is.
+    fn drain_one(&mut self) {
+        if self.resident.values().any(|slot| slot.draining) {
+            return;
+        }
+        if let Some(slot) = self
+            .resident
+            .values_mut()
+            .filter(|slot| !slot.retired)
+            .min_by_key(|slot| slot.last_used)
+        {
+            slot.draining = true;
+        }
+    }
+}
+
+/// A request's place in the queue for a slot; leaving the queue (loaded,
+/// failed, timed out or cancelled) lets the next one make room.
+struct WaitTicket {
+    number: u64,
+    residency: Arc<Residency>,
+}
+
+impl Drop for WaitTicket {
+    fn drop(&mut self) {
+        let mut state = self.residency.state.lock();
+        state.waiting.remove(&self.number);
+        if state.waiting.is_empty() {
+            // Nobody is left to take a draining slot's place.
+            for slot in state.resident.values_mut() {
+                slot.draining = false;
+            }
+        }
     }
 }
 
@@ -143,12 +199,22 @@ impl Residency {
     ) -> Result<AdapterLease, AdapterError> {
         let id = engine_id(record);
         let deadline = Instant::now() + self.load_timeout;
+        // Declared before the lock so it is released after it.
+        let mut ticket: Option<WaitTicket> = None;
         loop {
             let load = {
                 let mut state = self.state.lock();
                 state.clock += 1;
                 let clock = state.clock;
-                if let Some(slot) = state.resident.get_mut(&id).filter(|slot| !slot.retired) {
+                let first_in_line = state.may_make_room(ticket.as_ref().map(|t| t.number));
+                // A slot left draining by a waiter that gave up is taken
+                // back by the first in line that wants it.
+                if let Some(slot) = state
+                    .resident
+                    .get_mut(&id)
+                    .filter(|slot| !slot.retired && (!slot.draining || first_in_line))
+                {
+                    slot.draining = false;
                     slot.in_flight += 1;
                     slot.last_used = clock;
                     return Ok(AdapterLease {
@@ -159,15 +225,26 @@ impl Residency {
                 }
                 match state.loading.get(&id) {
                     Some((load, _)) => Some(load.clone()),
+                    None if !first_in_line => {
+                        self.take_ticket(&mut state, &mut ticket);
+                        None
+                    }
                     None => match self.start_load(&mut state, engine.clone(), record, &id) {
                         Ok(load) => Some(load),
                         // Every slot is serving a request: wait for one to finish.
-                        Err(AdapterError::Busy) if Instant::now() < deadline => None,
+                        Err(AdapterError::Busy) if Instant::now() < deadline => {
+                            self.take_ticket(&mut state, &mut ticket);
+                            state.drain_one();
+                            None
+                        }
                         Err(error) => return Err(error),
                     },
                 }
             };
             let Some(load) = load else {
+                if Instant::now() >= deadline {
+                    return Err(AdapterError::Busy);
+                }
                 tokio::time::sleep(SLOT_POLL).await;
                 continue;
             };
@@ -177,6 +254,18 @@ impl Residency {
                 Ok(Err(message)) => return Err(AdapterError::Load(message)),
                 Err(_) => return Err(AdapterError::LoadTimeout),
             }
+        }
+    }
+
+    fn take_ticket(self: &Arc<Self>, state: &mut State, ticket: &mut Option<WaitTicket>) {
+        if ticket.is_none() {
+            state.next_ticket += 1;
+            let number = state.next_ticket;
+            state.waiting.insert(number);
+            *ticket = Some(WaitTicket {
+                number,
+                residency: self.clone(),
+            });
         }
     }
 
@@ -248,6 +337,7 @@ impl Residency {
                             last_used: clock,
                             bytes,
                             retired: false,
+                            draining: false,
                         },
                     );
                     residency.publish(&state);

@@ -7,9 +7,7 @@ use crate::common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::common::{
-    MODEL, TestServer, authed, chat_body, client, metric, new_key, settled_metric,
-};
+use crate::common::{MODEL, TestServer, chat_body, client, metric, new_key, settled_metric};
 use serde_json::{Value, json};
 
 fn sampled() -> String {
@@ -141,15 +139,9 @@ requests_per_minute = 1
 }
 
 async fn chat_as(server: &TestServer, key: &str, body: &Value) -> (u16, Value) {
-    let response = authed(client().post(server.url("/v1/chat/completions")), key)
-        .json(body)
-        .send()
+    server
+        .post_json("/v1/chat/completions", body, Some(key))
         .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
 }
 
 const TOKENIZED: &str = "loragate_prompt_tokenization_seconds_count";
@@ -182,14 +174,14 @@ async fn a_prompt_too_long_for_the_context_is_refused_by_its_bytes() {
     let server = TestServer::start();
     let before = metric(&server, TOKENIZED).await;
     // The tiny model's context is 2048 tokens of at most 13 bytes.
-    let response = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&chat_body(&"y".repeat(2048 * 13), 2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = server
+        .post_json(
+            "/v1/chat/completions",
+            &chat_body(&"y".repeat(2048 * 13), 2),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     assert_eq!(metric(&server, TOKENIZED).await, before);
 }
@@ -205,29 +197,7 @@ async fn refused_requests_never_load_or_evict_adapters() {
         ],
     );
     let adapter = common::tiny_adapter(71);
-    let form = reqwest::multipart::Form::new()
-        .text("name", "bot")
-        .part(
-            "adapter_config",
-            reqwest::multipart::Part::bytes(
-                std::fs::read(adapter.path().join("adapter_config.json")).unwrap(),
-            ),
-        )
-        .part(
-            "adapter_model",
-            reqwest::multipart::Part::bytes(
-                std::fs::read(adapter.path().join("adapter_model.safetensors")).unwrap(),
-            ),
-        );
-    let uploaded = authed(
-        client().post(server.url("/admin/v1/tenants/acme/adapters")),
-        &admin,
-    )
-    .multipart(form)
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(uploaded.status(), 201);
+    common::upload_adapter(&server, Some(&admin), "acme", "bot", adapter.path()).await;
     assert_eq!(chat_as(&server, &key, &chat_body("hi", 2)).await.0, 200);
     let loads = "loragate_adapter_loads_total{result=\"ok\",tenant=\"acme\"}";
     assert_eq!(metric(&server, loads).await, 0.0, "nothing loaded yet");
@@ -248,21 +218,68 @@ async fn long_stop_sequences_are_refused() {
     let server = TestServer::start();
     let mut body = chat_body("hi", 4);
     body["stop"] = json!(["ok", "z".repeat(257)]);
-    let response = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.unwrap();
+    let (status, error) = server.post_json("/v1/chat/completions", &body, None).await;
+    assert_eq!(status, 400);
     assert_eq!(error["error"]["param"], "stop");
     body["stop"] = json!(["z".repeat(256)]);
-    let accepted = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 200);
+    let (status, answer) = server.post_json("/v1/chat/completions", &body, None).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// With one adapter slot, a tenant sending back-to-back requests to its
+/// adapter keeps that slot busy; another adapter's request must get the slot
+/// after the requests already holding it, not after the hog stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = Arc::new(TestServer::with(&[
+        ("adapters.max_resident", "1"),
+        ("adapters.warm_on_upload", "false"),
+        ("adapters.load_timeout_secs", "120"),
+    ]));
+    let (hog, quiet) = (common::tiny_adapter(81), common::tiny_adapter(82));
+    common::upload_adapter(&server, None, "anonymous", "hog", hog.path()).await;
+    common::upload_adapter(&server, None, "anonymous", "quiet", quiet.path()).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut body = chat_body("hi", 24);
+                body["model"] = json!("hog");
+                while !stop.load(Ordering::Relaxed) {
+                    let response = client()
+                        .post(server.url("/v1/chat/completions"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.bytes().await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while done.load(Ordering::Relaxed) < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = done.load(Ordering::Relaxed);
+    let mut body = chat_body("hi", 4);
+    body["model"] = json!("quiet");
+    let (status, answer) = server.post_json("/v1/chat/completions", &body, None).await;
+    let hog_requests_meanwhile = done.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for task in hogs {
+        task.await.unwrap();
+    }
+    assert_eq!(status, 200, "{answer}");
+    // The two hog requests holding the slot finish, then the quiet adapter
+    // loads; a hog request that raced in between may finish too.
+    assert!(
+        hog_requests_meanwhile <= 4,
+        "{hog_requests_meanwhile} hog requests were served while the other adapter waited"
+    );
 }

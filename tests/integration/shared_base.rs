@@ -207,24 +207,7 @@ fn content(answer: &Value) -> String {
 
 async fn upload(server: &TestServer, name: &str, seed: u64) {
     let adapter = common::tiny_adapter(seed);
-    let read = |file: &str| std::fs::read(adapter.path().join(file)).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text("name", name.to_string())
-        .part(
-            "adapter_config",
-            reqwest::multipart::Part::bytes(read("adapter_config.json")),
-        )
-        .part(
-            "adapter_model",
-            reqwest::multipart::Part::bytes(read("adapter_model.safetensors")),
-        );
-    let response = client()
-        .post(server.url("/admin/v1/tenants/anonymous/adapters"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    common::upload_adapter(server, None, "anonymous", name, adapter.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

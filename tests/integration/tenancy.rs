@@ -58,14 +58,10 @@ async fn chat(server: &TestServer, key: &str, max_tokens: usize) -> reqwest::Res
 async fn credentials_are_required_and_checked() {
     let (toml, keys) = tenancy("requests_per_minute = 100");
     let server = TestServer::with_toml(&toml, &[]);
-    let anonymous = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&chat_body("hi", 2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let body: Value = anonymous.json().await.unwrap();
+    let (status, body) = server
+        .post_json("/v1/chat/completions", &chat_body("hi", 2), None)
+        .await;
+    assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "invalid_api_key");
     assert_eq!(chat(&server, "lg-not-a-real-key", 2).await.status(), 401);
     let admin_on_inference = chat(&server, &keys.admin, 2).await;

@@ -159,6 +159,26 @@ impl TestServer {
     pub fn address(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
     }
+
+    /// POSTs `body` as JSON to `path` (with a bearer key when given): the
+    /// status and the parsed answer (`Null` when it is not JSON).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = client().post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = authed(request, key);
+        }
+        let response = request.send().await.expect("answered");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
 }
 
 impl Drop for TestServer {
@@ -285,4 +305,46 @@ pub async fn get_json(url: impl reqwest::IntoUrl, key: Option<&str>) -> serde_js
         .json()
         .await
         .expect("JSON body")
+}
+
+/// The multipart form of an adapter upload from a PEFT folder.
+pub fn adapter_form(name: &str, dir: &Path) -> reqwest::multipart::Form {
+    let read = |file: &str| std::fs::read(dir.join(file)).expect("adapter file");
+    reqwest::multipart::Form::new()
+        .text("name", name.to_string())
+        .part(
+            "adapter_config",
+            reqwest::multipart::Part::bytes(read("adapter_config.json"))
+                .file_name("adapter_config.json"),
+        )
+        .part(
+            "adapter_model",
+            reqwest::multipart::Part::bytes(read("adapter_model.safetensors"))
+                .file_name("adapter_model.safetensors"),
+        )
+}
+
+/// Uploads the PEFT folder `dir` as `tenant`'s adapter `name` (with the
+/// admin key when given) and checks it was created.
+pub async fn upload_adapter(
+    server: &TestServer,
+    admin_key: Option<&str>,
+    tenant: &str,
+    name: &str,
+    dir: &Path,
+) {
+    let mut request = client()
+        .post(server.url(&format!("/admin/v1/tenants/{tenant}/adapters")))
+        .multipart(adapter_form(name, dir));
+    if let Some(key) = admin_key {
+        request = authed(request, key);
+    }
+    let response = request.send().await.expect("answered");
+    let status = response.status();
+    assert_eq!(
+        status,
+        201,
+        "upload: {}",
+        response.text().await.unwrap_or_default()
+    );
 }
