@@ -66,7 +66,7 @@ impl AppState {
             GuardedLimiter::new(redis.clone().zip(config.redis.as_ref()), metrics.clone());
         let mut tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
         if !config.auth.enabled {
-            tenants.push("anonymous".into());
+            tenants.push(crate::auth::OPEN_MODE_TENANT.into());
         }
         metrics.prime(&tenants, &config.model.served_name);
         if !config.auth.enabled {

@@ -3,7 +3,7 @@
 //! `{"error":{"message","type","param","code"}}`.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use std::time::Duration;
 
 use crate::adapters::AdapterError;
+use crate::engine::EngineError;
 use crate::ratelimit::{LimitKind, RateSnapshot};
 
 /// OpenAI's error object, as the official SDKs parse it.
@@ -136,102 +137,90 @@ impl ApiError {
         ApiError::Engine { reference }
     }
 
-    fn kind(&self) -> &'static str {
+    /// Everything a client sees of this error besides its message: one row
+    /// per variant, so a new error is one new line.
+    fn row(&self) -> Row {
+        use StatusCode as S;
+        let row = Row::new;
         match self {
-            ApiError::InvalidRequest { .. }
-            | ApiError::ModelNotFound(_)
-            | ApiError::ContextLengthExceeded { .. }
-            | ApiError::PromptTooLong { .. }
-            | ApiError::PayloadTooLarge { .. }
-            | ApiError::RouteNotFound { .. }
-            | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
-            ApiError::Unauthorized { .. }
-            | ApiError::Forbidden { .. }
-            | ApiError::Refused { .. }
-            | ApiError::UnsupportedMediaType { .. }
-            | ApiError::TenantNotFound(_)
-            | ApiError::Upload(_) => "invalid_request_error",
-            ApiError::Adapter(error) => match error {
-                AdapterError::Load(_)
-                | AdapterError::LoadTimeout
-                | AdapterError::Busy
-                | AdapterError::Io(_) => "server_error",
-                _ => "invalid_request_error",
+            ApiError::InvalidRequest { param, code, .. } => Row {
+                param: param.clone(),
+                ..row(S::BAD_REQUEST, INVALID, *code)
             },
-            // OpenAI names the exhausted limit in `type`.
-            ApiError::RateLimited { kind, .. } => match kind {
-                LimitKind::Tokens => "tokens",
-                LimitKind::Requests | LimitKind::Concurrency => "requests",
-            },
-            ApiError::LimiterUnavailable
-            | ApiError::Overloaded { .. }
-            | ApiError::NotReady
-            | ApiError::Engine { .. }
-            | ApiError::Upstream { .. }
-            | ApiError::ClientClosed => "server_error",
-        }
-    }
-
-    fn param(&self) -> Option<String> {
-        match self {
-            ApiError::InvalidRequest { param, .. } => param.clone(),
-            ApiError::Adapter(AdapterError::Invalid { field, .. }) => Some(field.clone()),
-            ApiError::Adapter(AdapterError::Conflict { .. }) => Some("expected_generation".into()),
-            ApiError::ModelNotFound(_) => Some("model".into()),
-            ApiError::ContextLengthExceeded { .. } | ApiError::PromptTooLong { .. } => {
-                Some("messages".into())
+            ApiError::ModelNotFound(_) => {
+                row(S::NOT_FOUND, INVALID, Some("model_not_found")).param("model")
             }
-            _ => None,
-        }
-    }
-
-    fn code(&self) -> Option<&'static str> {
-        match self {
-            ApiError::InvalidRequest { code, .. } => *code,
-            ApiError::ModelNotFound(_) => Some("model_not_found"),
             ApiError::ContextLengthExceeded { .. } | ApiError::PromptTooLong { .. } => {
-                Some("context_length_exceeded")
+                row(S::BAD_REQUEST, INVALID, Some("context_length_exceeded")).param("messages")
             }
-            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
-            ApiError::RouteNotFound { .. } => Some("unknown_url"),
-            ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
-            ApiError::Overloaded { .. } => Some("server_overloaded"),
-            ApiError::NotReady => Some("model_not_ready"),
-            ApiError::Engine { .. } => Some("engine_error"),
-            ApiError::Upstream { timeout: false, .. } => Some("upstream_error"),
-            ApiError::Upstream { timeout: true, .. } => Some("upstream_timeout"),
-            ApiError::ClientClosed => Some("client_closed_request"),
-            ApiError::Unauthorized { .. } => Some("invalid_api_key"),
-            ApiError::TenantNotFound(_) => Some("tenant_not_found"),
-            ApiError::Upload(_) => Some("invalid_upload"),
-            ApiError::Adapter(error) => Some(match error {
-                AdapterError::Invalid { .. } => "invalid_adapter",
-                AdapterError::TooLarge { .. } => "request_too_large",
-                AdapterError::NotFound(_) => "adapter_not_found",
-                AdapterError::Conflict { .. } => "generation_mismatch",
-                AdapterError::NoPreviousGeneration(_) => "no_previous_generation",
-                AdapterError::Unsupported => "adapters_unsupported",
-                AdapterError::Load(_) => "adapter_load_failed",
-                AdapterError::LoadTimeout => "adapter_load_timeout",
-                AdapterError::Busy => "adapter_capacity_exhausted",
-                AdapterError::Io(_) => "adapter_store_error",
-            }),
-            ApiError::Forbidden { .. } => Some("insufficient_permissions"),
-            ApiError::Refused { code, .. } => Some(code),
-            ApiError::UnsupportedMediaType { .. } => Some("unsupported_media_type"),
-            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
-            ApiError::LimiterUnavailable => Some("rate_limiter_unavailable"),
+            ApiError::PayloadTooLarge { .. } => {
+                row(S::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"))
+            }
+            ApiError::RouteNotFound { .. } => row(S::NOT_FOUND, INVALID, Some("unknown_url")),
+            ApiError::MethodNotAllowed { .. } => {
+                row(S::METHOD_NOT_ALLOWED, INVALID, Some("method_not_allowed"))
+            }
+            ApiError::Overloaded { retry_after_secs } => {
+                row(S::SERVICE_UNAVAILABLE, SERVER, Some("server_overloaded"))
+                    .retry_after(*retry_after_secs)
+            }
+            ApiError::NotReady => {
+                row(S::SERVICE_UNAVAILABLE, SERVER, Some("model_not_ready")).retry_after(1)
+            }
+            ApiError::Engine { .. } => row(S::INTERNAL_SERVER_ERROR, SERVER, Some("engine_error")),
+            ApiError::Upstream { timeout: false, .. } => {
+                row(S::BAD_GATEWAY, SERVER, Some("upstream_error"))
+            }
+            ApiError::Upstream { timeout: true, .. } => {
+                row(S::GATEWAY_TIMEOUT, SERVER, Some("upstream_timeout"))
+            }
+            ApiError::TenantNotFound(_) => row(S::NOT_FOUND, INVALID, Some("tenant_not_found")),
+            ApiError::Unauthorized { .. } => row(S::UNAUTHORIZED, INVALID, Some("invalid_api_key")),
+            ApiError::Forbidden { .. } => {
+                row(S::FORBIDDEN, INVALID, Some("insufficient_permissions"))
+            }
+            ApiError::Refused { code, .. } => row(S::FORBIDDEN, INVALID, Some(code)),
+            ApiError::UnsupportedMediaType { .. } => row(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                INVALID,
+                Some("unsupported_media_type"),
+            ),
+            // OpenAI names the exhausted limit in `type`; the Retry-After of
+            // a limit is computed (see `error_response`).
+            ApiError::RateLimited { kind, .. } => row(
+                S::TOO_MANY_REQUESTS,
+                match kind {
+                    LimitKind::Tokens => "tokens",
+                    LimitKind::Requests | LimitKind::Concurrency => "requests",
+                },
+                Some("rate_limit_exceeded"),
+            ),
+            ApiError::LimiterUnavailable => row(
+                S::SERVICE_UNAVAILABLE,
+                SERVER,
+                Some("rate_limiter_unavailable"),
+            )
+            .retry_after(1),
+            ApiError::Adapter(error) => adapter_row(error),
+            ApiError::Upload(_) => row(S::BAD_REQUEST, INVALID, Some("invalid_upload")),
+            // nginx's 499: recorded in metrics, never read by the departed client.
+            ApiError::ClientClosed => row(
+                S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+                SERVER,
+                Some("client_closed_request"),
+            ),
         }
     }
 
     /// The envelope, also used for errors sent inside an SSE stream.
     pub fn body(&self) -> ErrorResponse {
+        let row = self.row();
         ErrorResponse {
             error: ErrorBody {
                 message: self.to_string(),
-                kind: self.kind().to_string(),
-                param: self.param(),
-                code: self.code().map(str::to_string),
+                kind: row.kind.to_string(),
+                param: row.param,
+                code: row.code.map(str::to_string),
             },
         }
     }
@@ -248,46 +237,44 @@ impl From<AdapterError> for ApiError {
     }
 }
 
+/// An engine failure as the client sees it (also inside a started stream).
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::UnknownModel(model) => ApiError::ModelNotFound(model),
+            EngineError::Rejected(message) => ApiError::InvalidRequest {
+                message,
+                param: None,
+                code: None,
+            },
+            EngineError::Unavailable(cause) | EngineError::Internal(cause) => {
+                ApiError::engine(cause)
+            }
+            EngineError::BadGateway(message) => ApiError::Upstream {
+                timeout: false,
+                message,
+            },
+            EngineError::GatewayTimeout(message) => ApiError::Upstream {
+                timeout: true,
+                message,
+            },
+            EngineError::Overloaded { retry_after_secs } => {
+                ApiError::Overloaded { retry_after_secs }
+            }
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidRequest { .. }
-            | ApiError::ContextLengthExceeded { .. }
-            | ApiError::PromptTooLong { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::TenantNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Upload(_) => StatusCode::BAD_REQUEST,
-            ApiError::Adapter(error) => match error {
-                AdapterError::Invalid { .. } | AdapterError::Unsupported => StatusCode::BAD_REQUEST,
-                AdapterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                AdapterError::NotFound(_) => StatusCode::NOT_FOUND,
-                AdapterError::Conflict { .. } | AdapterError::NoPreviousGeneration(_) => {
-                    StatusCode::CONFLICT
-                }
-                AdapterError::LoadTimeout | AdapterError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                AdapterError::Load(_) | AdapterError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
-            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Upstream { timeout: false, .. } => StatusCode::BAD_GATEWAY,
-            ApiError::Upstream { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
-            // nginx's 499: recorded in metrics, never read by the departed client.
-            ApiError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        }
+        self.row().status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Overloaded { retry_after_secs } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        let row = self.row();
+        let mut response = HttpResponse::build(row.status);
+        if let Some(seconds) = row.retry_after_secs {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             response.insert_header((header::ALLOW, *allowed));
@@ -309,15 +296,89 @@ impl ResponseError for ApiError {
                 response.insert_header((name, value));
             }
         }
-        if matches!(
-            self,
-            ApiError::NotReady
-                | ApiError::LimiterUnavailable
-                | ApiError::Adapter(AdapterError::LoadTimeout | AdapterError::Busy)
-        ) {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
-        }
         response.json(self.body())
+    }
+}
+
+const INVALID: &str = "invalid_request_error";
+const SERVER: &str = "server_error";
+
+/// How one error is shown: status, OpenAI `type`, `code`, `param`, and the
+/// fixed `Retry-After` of a transient refusal.
+struct Row {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<String>,
+    retry_after_secs: Option<u64>,
+}
+
+impl Row {
+    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>) -> Row {
+        Row {
+            status,
+            kind,
+            code,
+            param: None,
+            retry_after_secs: None,
+        }
+    }
+
+    fn param(self, param: &str) -> Row {
+        Row {
+            param: Some(param.to_string()),
+            ..self
+        }
+    }
+
+    fn retry_after(self, seconds: u64) -> Row {
+        Row {
+            retry_after_secs: Some(seconds),
+            ..self
+        }
+    }
+}
+
+/// The adapter errors' rows. Load and storage failures are server errors
+/// (their causes are logged, see `From<AdapterError>`).
+fn adapter_row(error: &AdapterError) -> Row {
+    use StatusCode as S;
+    let row = Row::new;
+    match error {
+        AdapterError::Invalid { field, .. } => Row {
+            param: Some(field.clone()),
+            ..row(S::BAD_REQUEST, INVALID, Some("invalid_adapter"))
+        },
+        AdapterError::TooLarge { .. } => {
+            row(S::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"))
+        }
+        AdapterError::NotFound(_) => row(S::NOT_FOUND, INVALID, Some("adapter_not_found")),
+        AdapterError::Conflict { .. } => {
+            row(S::CONFLICT, INVALID, Some("generation_mismatch")).param("expected_generation")
+        }
+        AdapterError::NoPreviousGeneration(_) => {
+            row(S::CONFLICT, INVALID, Some("no_previous_generation"))
+        }
+        AdapterError::Unsupported => row(S::BAD_REQUEST, INVALID, Some("adapters_unsupported")),
+        AdapterError::Load(_) => row(
+            S::INTERNAL_SERVER_ERROR,
+            SERVER,
+            Some("adapter_load_failed"),
+        ),
+        AdapterError::LoadTimeout => {
+            row(S::SERVICE_UNAVAILABLE, SERVER, Some("adapter_load_timeout")).retry_after(1)
+        }
+        AdapterError::Busy => row(
+            S::SERVICE_UNAVAILABLE,
+            SERVER,
+            Some("adapter_capacity_exhausted"),
+        )
+        .retry_after(1),
+        AdapterError::Io(_) => row(
+            S::INTERNAL_SERVER_ERROR,
+            SERVER,
+            Some("adapter_store_error"),
+        ),
     }
 }
 

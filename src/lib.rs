@@ -7,6 +7,7 @@
 //! - [`ratelimit`], [`metering`]: per-tenant limits and usage (Redis or in-process)
 //! - [`config`]: the TOML file and environment overrides
 //! - [`metrics`]: Prometheus metrics
+//! - [`clock`]: Unix seconds, the one conversion
 //! - [`fixture`]: deterministic tiny models for tests
 
 pub mod adapters;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod engine;

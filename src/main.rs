@@ -1,3 +1,6 @@
+//! The `loragate` binary: `serve`, key and JWT tools, model conversion and
+//! the fixture writers (see `cli`).
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -116,9 +119,7 @@ fn mint(
             anyhow::bail!("tenant `{id}` is not in the config");
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = loragate::clock::unix_now_secs();
     let claims = Claims {
         sub: subject,
         tenant,

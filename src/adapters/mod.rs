@@ -60,10 +60,7 @@ impl AdapterRecord {
             target_modules: validated.target_modules,
             size_bytes: validated.size_bytes,
             sha256: validated.sha256,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_at: crate::clock::unix_now_secs(),
             shared,
         }
     }

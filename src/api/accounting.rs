@@ -74,7 +74,10 @@ impl Drop for Outcome {
 }
 
 /// Settles the tenant's reservation to the tokens really used and meters
-/// them. Until a generation starts, the reservation is refunded whole.
+/// them. Until a generation starts, the reservation is refunded whole; so it
+/// is, and no tokens are metered, when the request fails before any output
+/// reached the client (a non-streamed answer that ends in an error
+/// delivers nothing).
 pub struct Settlement {
     reservation: Option<Reservation>,
     meter: Arc<UsageMeter>,
@@ -86,6 +89,10 @@ pub struct Settlement {
     progress: Option<Arc<AtomicU64>>,
     /// The engine's final count, when it gave one.
     final_usage: Option<TokenUsage>,
+    /// Output goes to the client as it comes (a stream), not at the end.
+    streamed: bool,
+    output_sent: bool,
+    failed: bool,
 }
 
 impl Settlement {
@@ -95,6 +102,7 @@ impl Settlement {
         metrics: Arc<Metrics>,
         tenant: &str,
         model: &str,
+        streamed: bool,
     ) -> Settlement {
         Settlement {
             reservation,
@@ -105,6 +113,9 @@ impl Settlement {
             prompt_tokens: 0,
             progress: None,
             final_usage: None,
+            streamed,
+            output_sent: false,
+            failed: false,
         }
     }
 
@@ -120,9 +131,20 @@ impl Settlement {
     }
 
     pub fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
-        if let Ok(GenerationEvent::Finished { usage, .. }) = event {
-            self.final_usage = Some(*usage);
+        match event {
+            Ok(GenerationEvent::Finished { usage, .. }) => self.final_usage = Some(*usage),
+            Ok(GenerationEvent::Delta { text, .. }) if !text.is_empty() => {
+                self.output_sent |= self.streamed;
+            }
+            Ok(GenerationEvent::ToolCall(_)) => self.output_sent |= self.streamed,
+            Err(_) => self.failed = true,
+            Ok(_) => {}
         }
+    }
+
+    /// Whether the tenant pays for what the engine did.
+    fn charged(&self) -> bool {
+        !self.failed || self.output_sent
     }
 }
 
@@ -134,7 +156,10 @@ impl Drop for Settlement {
             }
             return;
         };
+        // A failure that reached the client as an error only is metered as a
+        // request of no tokens: counted, not charged.
         let (prompt, completion) = match self.final_usage {
+            _ if !self.charged() => (0, 0),
             Some(usage) => (usage.prompt_tokens as u64, usage.completion_tokens as u64),
             None => (self.prompt_tokens, progress.load(Ordering::Relaxed)),
         };
@@ -152,5 +177,52 @@ impl Drop for Settlement {
             .inc_by(completion);
         let (meter, tenant, model) = (self.meter.clone(), self.tenant.clone(), self.model.clone());
         tokio::spawn(async move { meter.record(&tenant, &model, prompt, completion).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FinishReason;
+
+    fn settlement(streamed: bool, events: &[Result<GenerationEvent, EngineError>]) -> bool {
+        let metrics = Arc::new(Metrics::new());
+        let meter = Arc::new(UsageMeter::new(None, metrics.clone()));
+        let mut settlement = Settlement::new(None, meter, metrics, "t", "m", streamed);
+        settlement.generating(7, Arc::new(AtomicU64::new(3)));
+        for event in events {
+            settlement.observe(event);
+        }
+        let charged = settlement.charged();
+        // Dropping meters outside a runtime would panic on the spawn.
+        settlement.progress = None;
+        charged
+    }
+
+    fn text(t: &str) -> Result<GenerationEvent, EngineError> {
+        Ok(GenerationEvent::Delta {
+            text: t.into(),
+            logprobs: Vec::new(),
+        })
+    }
+
+    fn failure() -> Result<GenerationEvent, EngineError> {
+        Err(EngineError::Internal("boom".into()))
+    }
+
+    #[test]
+    fn a_failure_that_delivered_nothing_is_not_charged() {
+        let finished = Ok(GenerationEvent::Finished {
+            reason: FinishReason::Stop,
+            usage: TokenUsage::default(),
+        });
+        assert!(settlement(false, &[text("a"), finished]));
+        assert!(!settlement(false, &[failure()]));
+        // A non-streamed answer that fails is a 500: its text never left.
+        assert!(!settlement(false, &[text("a"), failure()]));
+        assert!(!settlement(true, &[failure()]));
+        assert!(!settlement(true, &[text(""), failure()]));
+        // A stream's client kept what it received before the error.
+        assert!(settlement(true, &[text("a"), failure()]));
     }
 }

@@ -28,9 +28,7 @@ pub async fn tenant_usage(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = path.into_inner();
-    let known =
-        state.auth.tenant(&tenant).is_some() || (!state.auth.enabled() && tenant == "anonymous");
-    if !known {
+    if !state.auth.knows_tenant(&tenant) {
         return Err(ApiError::TenantNotFound(tenant));
     }
     let report = state

@@ -61,8 +61,7 @@ pub struct AdapterUpload {
 }
 
 fn known_tenant(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    let open_mode_tenant = !state.auth.enabled() && tenant == "anonymous";
-    if state.auth.tenant(tenant).is_some() || open_mode_tenant {
+    if state.auth.knows_tenant(tenant) {
         Ok(())
     } else {
         Err(ApiError::TenantNotFound(tenant.to_string()))

@@ -1,3 +1,6 @@
+//! `POST /v1/chat/completions`: validation, then one answer or an SSE
+//! stream; the generation itself is `completion`'s.
+
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 

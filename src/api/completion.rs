@@ -12,7 +12,9 @@
 //! From the first event on, [`delivery`](crate::api::delivery) drains the
 //! engine whatever the client does.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::clock::unix_now_secs;
 
 use futures_util::StreamExt;
 
@@ -68,41 +70,6 @@ pub enum Output {
         reason: FinishReason,
         usage: TokenUsage,
     },
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// An engine failure as the client sees it (also inside a started stream).
-impl From<EngineError> for ApiError {
-    fn from(error: EngineError) -> Self {
-        match error {
-            EngineError::UnknownModel(model) => ApiError::ModelNotFound(model),
-            EngineError::Rejected(message) => ApiError::InvalidRequest {
-                message,
-                param: None,
-                code: None,
-            },
-            EngineError::Unavailable(cause) | EngineError::Internal(cause) => {
-                ApiError::engine(cause)
-            }
-            EngineError::BadGateway(message) => ApiError::Upstream {
-                timeout: false,
-                message,
-            },
-            EngineError::GatewayTimeout(message) => ApiError::Upstream {
-                timeout: true,
-                message,
-            },
-            EngineError::Overloaded { retry_after_secs } => {
-                ApiError::Overloaded { retry_after_secs }
-            }
-        }
-    }
 }
 
 fn rate_limited(
@@ -238,6 +205,7 @@ pub async fn start(
         state.metrics.clone(),
         &tenant.id,
         &resolved.label,
+        chat.stream,
     );
     let measuring = Instant::now();
     let prompt = engine
@@ -296,7 +264,7 @@ pub async fn start(
     }
     Ok(Generation {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: unix_now(),
+        created: unix_now_secs(),
         model,
         include_usage,
         rate,

@@ -1,3 +1,6 @@
+//! `GET /v1/models` and `GET /v1/models/{model}`: the base model and the
+//! adapters the calling tenant may use, in OpenAI's model object.
+
 use actix_web::{HttpResponse, web};
 
 use crate::adapters::AdapterRecord;

@@ -26,6 +26,9 @@ use crate::error::ApiError;
 use jwt::{JwtVerifier, Scope};
 use keys::{KeyOwner, KeyRing};
 
+/// The one tenant every request belongs to while authentication is off.
+pub const OPEN_MODE_TENANT: &str = "anonymous";
+
 /// A tenant as the gateway serves it.
 #[derive(Debug, Clone)]
 pub struct Tenant {
@@ -131,7 +134,7 @@ impl Authenticator {
             jwt: config.auth.jwt.as_ref().map(JwtVerifier::new).transpose()?,
             tenants,
             anonymous: Arc::new(Tenant {
-                id: "anonymous".into(),
+                id: OPEN_MODE_TENANT.into(),
                 name: "anonymous (authentication disabled)".into(),
                 models: ModelAccess::All,
                 limits: Limits::default(),
@@ -148,6 +151,12 @@ impl Authenticator {
 
     pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
         self.tenants.get(id).cloned()
+    }
+
+    /// Whether `id` names a tenant: one of the config's, or with
+    /// authentication off the open-mode tenant.
+    pub fn knows_tenant(&self, id: &str) -> bool {
+        self.tenants.contains_key(id) || (!self.enabled && id == OPEN_MODE_TENANT)
     }
 
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthFailure> {

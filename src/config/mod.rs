@@ -6,6 +6,7 @@ mod env;
 mod exposure;
 mod raw;
 mod secrets;
+mod sections;
 mod tenancy;
 mod upstream;
 
@@ -210,186 +211,18 @@ fn validate(
     base_dir: &Path,
     environment: &Environment,
 ) -> Result<Config, ConfigError> {
-    let bind: SocketAddr = raw
-        .server
-        .bind
-        .parse()
-        .map_err(|e| ConfigError::key("server.bind", format!("`{}`: {e}", raw.server.bind)))?;
-    if raw.server.write_idle_timeout_ms == 0 {
-        return Err(ConfigError::key(
-            "server.write_idle_timeout_ms",
-            "must be positive",
-        ));
-    }
-    if raw.server.max_body_bytes < 1024 {
-        return Err(ConfigError::key(
-            "server.max_body_bytes",
-            "must be at least 1024",
-        ));
-    }
-
-    let model = raw.model;
-    if model.served_name.trim().is_empty() || model.served_name.contains(char::is_whitespace) {
-        return Err(ConfigError::key(
-            "model.served_name",
-            "must be a non-empty name without spaces",
-        ));
-    }
-    let remote = raw.upstream.is_some();
-    let path = match &model.path {
-        Some(path) => expand_path(path, base_dir),
-        None if remote => PathBuf::new(),
-        None => {
-            return Err(ConfigError::key(
-                "model.path",
-                "required: the GGUF file or the model folder",
-            ));
-        }
-    };
-    match model.format {
-        _ if remote => {
-            if model.path.is_some() && !path.join("config.json").is_file() {
-                return Err(ConfigError::key(
-                    "model.path",
-                    format!(
-                        "with [upstream], a folder holding the model's config.json (and optionally tokenizer.json); {} has none",
-                        path.display()
-                    ),
-                ));
-            }
-            if model.context_length.is_none() {
-                return Err(ConfigError::key(
-                    "model.context_length",
-                    "required with [upstream]: the replicas' context length",
-                ));
-            }
-        }
-        ModelFormat::Gguf if !path.is_file() => {
-            return Err(ConfigError::key(
-                "model.path",
-                format!(
-                    "GGUF file {} does not exist (run scripts/fetch-default-model.sh for the default model)",
-                    path.display()
-                ),
-            ));
-        }
-        ModelFormat::Safetensors if !path.join("config.json").is_file() => {
-            return Err(ConfigError::key(
-                "model.path",
-                format!(
-                    "{} is not a model directory with config.json (scripts/convert-default-model.sh writes the default model's)",
-                    path.display()
-                ),
-            ));
-        }
-        _ => {}
-    }
-    if model.device == DeviceKind::Cpu && model.dtype == ModelDtype::Bf16 {
-        return Err(ConfigError::key(
-            "model.dtype",
-            "bf16 is not supported on CPU by the engine; use f32 or f16",
-        ));
-    }
-    if model.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
-        return Err(ConfigError::key(
-            "model.device",
-            "cuda requested but this binary was built without the `cuda` feature",
-        ));
-    }
-    if model.context_length == Some(0) {
-        return Err(ConfigError::key("model.context_length", "must be positive"));
-    }
-    if model.max_num_seqs == 0 {
-        return Err(ConfigError::key("model.max_num_seqs", "must be positive"));
-    }
-    let paged = &model.paged_attention;
-    let paged_attention = match paged.enabled {
-        false => None,
-        true if model.device != DeviceKind::Cuda => {
-            return Err(ConfigError::key(
-                "model.paged_attention.enabled",
-                "paged attention needs model.device = \"cuda\" (the engine has no CPU paged attention)",
-            ));
-        }
-        true if ![8, 16, 32].contains(&paged.block_size) => {
-            return Err(ConfigError::key(
-                "model.paged_attention.block_size",
-                "must be 8, 16 or 32",
-            ));
-        }
-        true if paged.context_tokens < paged.block_size => {
-            return Err(ConfigError::key(
-                "model.paged_attention.context_tokens",
-                "must hold at least one block",
-            ));
-        }
-        true => Some(PagedAttention {
-            block_size: paged.block_size,
-            context_tokens: paged.context_tokens,
-        }),
-    };
-    let engine = match (model.engine, model.format) {
-        (EngineKind::Auto, ModelFormat::Safetensors) => EngineKind::SharedBase,
-        (EngineKind::Auto, ModelFormat::Gguf) => EngineKind::Mistralrs,
-        (EngineKind::SharedBase, ModelFormat::Gguf) => {
-            return Err(ConfigError::key(
-                "model.engine",
-                "the shared-base engine serves safetensors folders; GGUF files need engine = \"mistralrs\"",
-            ));
-        }
-        (chosen, _) => chosen,
-    };
-    if engine == EngineKind::SharedBase && model.device == DeviceKind::Cuda {
-        return Err(ConfigError::key(
-            "model.device",
-            "the shared-base engine runs on CPU in this build; use engine = \"mistralrs\" for CUDA",
-        ));
-    }
-    if engine == EngineKind::SharedBase
-        && model.dtype != ModelDtype::F32
-        && model.dtype != ModelDtype::Auto
-    {
-        return Err(ConfigError::key(
-            "model.dtype",
-            "the shared-base engine computes in f32 on CPU (f16/bf16 weights are converted at load); set f32 or auto",
-        ));
-    }
-    if !remote && model.prefix_cache_entries > 0 {
-        prefix_cache_supported(engine, paged_attention.is_some())
-            .map_err(|why| ConfigError::key("model.prefix_cache_entries", why))?;
-    }
-    if model.max_step_tokens == 0 {
-        return Err(ConfigError::key(
-            "model.max_step_tokens",
-            "must be positive",
-        ));
-    }
-    if model.kv_cache_mib == Some(0) {
-        return Err(ConfigError::key("model.kv_cache_mib", "must be positive"));
-    }
-    if model.default_max_tokens == Some(0) {
-        return Err(ConfigError::key(
-            "model.default_max_tokens",
-            "must be positive",
-        ));
-    }
-
-    let admission = raw.admission;
-    if admission.max_in_flight == 0 {
-        return Err(ConfigError::key(
-            "admission.max_in_flight",
-            "must be positive",
-        ));
-    }
-    if admission.queue_timeout_ms == 0 {
-        return Err(ConfigError::key(
-            "admission.queue_timeout_ms",
-            "must be positive",
-        ));
-    }
+    let server = sections::server(raw.server)?;
+    let admission = sections::admission(raw.admission)?;
+    // The engine's own queue follows the admission policy.
+    let model = sections::model(
+        raw.model,
+        raw.upstream.is_some(),
+        admission.policy,
+        base_dir,
+    )?;
     let auth = tenancy::auth(raw.auth, base_dir, environment)?;
-    exposure::check_open_mode(&auth, bind)?;
-    let metrics = exposure::metrics(raw.metrics, bind, environment)?;
+    exposure::check_open_mode(&auth, server.bind)?;
+    let metrics = exposure::metrics(raw.metrics, server.bind, environment)?;
     let redis = raw.redis.map(tenancy::redis).transpose()?;
     let tenants = tenancy::tenants(raw.tenants, &auth.admin_keys)?;
     let mut adapters = raw.adapters;
@@ -400,26 +233,7 @@ fn validate(
         &model.served_name,
         base_dir,
     )?;
-    if adapters.max_rank == 0
-        || adapters.max_resident == 0
-        || adapters.resident_mib == 0
-        || adapters.load_timeout_secs == 0
-    {
-        return Err(ConfigError::key(
-            "adapters",
-            "max_rank, max_resident, resident_mib and load_timeout_secs must be positive",
-        ));
-    }
-    let adapters = AdaptersConfig {
-        dir: expand_path(&adapters.dir, base_dir),
-        max_rank: adapters.max_rank,
-        max_bytes: adapters.max_bytes,
-        max_resident: adapters.max_resident,
-        max_resident_bytes: adapters.resident_mib << 20,
-        load_timeout: Duration::from_secs(adapters.load_timeout_secs),
-        warm_on_upload: adapters.warm_on_upload,
-        seeds,
-    };
+    let adapters = sections::adapters(adapters, seeds, base_dir)?;
     let upstream = raw
         .upstream
         .map(|upstream| {
@@ -432,55 +246,12 @@ fn validate(
             )
         })
         .transpose()?;
-    if raw
-        .logging
-        .level
-        .parse::<tracing_subscriber::EnvFilter>()
-        .is_err()
-    {
-        return Err(ConfigError::key("logging.level", "not a valid log filter"));
-    }
-
+    let logging = sections::logging(raw.logging)?;
     Ok(Config {
-        server: ServerConfig {
-            bind,
-            max_body_bytes: raw.server.max_body_bytes,
-            workers: raw.server.workers,
-            write_idle_timeout: Duration::from_millis(raw.server.write_idle_timeout_ms),
-        },
-        model: ModelConfig {
-            served_name: model.served_name,
-            path,
-            format: model.format,
-            dtype: model.dtype,
-            device: model.device,
-            engine,
-            kv_cache_bytes: model.kv_cache_mib.map(|mib| mib << 20),
-            max_step_tokens: model.max_step_tokens,
-            scheduling: match admission.policy {
-                raw::AdmissionPolicy::Fair => crate::engine::admission::Policy::Fair,
-                raw::AdmissionPolicy::Fifo => crate::engine::admission::Policy::Fifo,
-            },
-            context_length: model.context_length,
-            max_num_seqs: model.max_num_seqs,
-            prefix_cache_entries: model.prefix_cache_entries,
-            default_max_tokens: model.default_max_tokens,
-            owned_by: model.owned_by,
-            paged_attention,
-        },
-        admission: AdmissionConfig {
-            max_in_flight: admission.max_in_flight,
-            max_queued: admission.max_queued,
-            queue_timeout: Duration::from_millis(admission.queue_timeout_ms),
-            policy: match admission.policy {
-                raw::AdmissionPolicy::Fair => crate::engine::admission::Policy::Fair,
-                raw::AdmissionPolicy::Fifo => crate::engine::admission::Policy::Fifo,
-            },
-        },
-        logging: LoggingConfig {
-            level: raw.logging.level,
-            format: raw.logging.format,
-        },
+        server,
+        model,
+        admission,
+        logging,
         auth,
         redis,
         tenants,
@@ -504,9 +275,11 @@ fn adapter_seeds(
         .enumerate()
         .map(|(index, seed)| {
             let key = |field: &str| format!("adapters.seed[{index}].{field}");
-            let tenant = seed.tenant.unwrap_or_else(|| "anonymous".into());
+            let tenant = seed
+                .tenant
+                .unwrap_or_else(|| crate::auth::OPEN_MODE_TENANT.into());
             let known = tenants.iter().any(|t| t.id == tenant)
-                || (!auth.enabled && tenant == "anonymous");
+                || (!auth.enabled && tenant == crate::auth::OPEN_MODE_TENANT);
             if !known {
                 return Err(ConfigError::key(
                     &key("tenant"),

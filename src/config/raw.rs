@@ -39,32 +39,24 @@ pub struct RawMetrics {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawAdapters {
     /// The adapter store; relative to this file's folder.
-    #[serde(default = "default_adapter_dir")]
     pub dir: String,
-    #[serde(default = "default_max_rank")]
     pub max_rank: usize,
     /// Largest accepted `adapter_model.safetensors`.
-    #[serde(default = "default_max_adapter_bytes")]
     pub max_bytes: u64,
     /// Adapters kept loaded at once, at most; the least recently used idle
     /// one is unloaded to make room.
-    #[serde(default = "default_max_resident")]
     pub max_resident: usize,
     /// Memory loaded adapters may hold, in MiB: their own tensors on the
     /// shared-base engine, a whole copy of the base each on mistral.rs.
-    #[serde(default = "default_resident_mib")]
     pub resident_mib: u64,
     /// Longest wait for an adapter to load before the request gets a 503.
-    #[serde(default = "default_load_timeout_secs")]
     pub load_timeout_secs: u64,
     /// Load a new adapter (or generation) into the engine as soon as it is uploaded.
-    #[serde(default = "default_true")]
     pub warm_on_upload: bool,
     /// Adapters stored at start-up when their name has none yet.
-    #[serde(default)]
     pub seed: Vec<RawAdapterSeed>,
 }
 
@@ -85,79 +77,39 @@ pub struct RawAdapterSeed {
 impl Default for RawAdapters {
     fn default() -> Self {
         RawAdapters {
-            dir: default_adapter_dir(),
-            max_rank: default_max_rank(),
-            max_bytes: default_max_adapter_bytes(),
-            max_resident: default_max_resident(),
-            resident_mib: default_resident_mib(),
-            load_timeout_secs: default_load_timeout_secs(),
+            dir: "../adapters".into(),
+            max_rank: 64,
+            max_bytes: 512 * 1024 * 1024,
+            max_resident: 100_000,
+            resident_mib: 4096,
+            load_timeout_secs: 120,
             warm_on_upload: true,
             seed: Vec::new(),
         }
     }
 }
 
-fn default_adapter_dir() -> String {
-    "../adapters".into()
-}
-
-fn default_max_rank() -> usize {
-    64
-}
-
-fn default_max_adapter_bytes() -> u64 {
-    512 * 1024 * 1024
-}
-
-fn default_max_resident() -> usize {
-    100_000
-}
-
-fn default_resident_mib() -> u64 {
-    4096
-}
-
-fn default_load_timeout_secs() -> u64 {
-    120
-}
-
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawServer {
-    #[serde(default = "default_bind")]
     pub bind: String,
-    #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// 0 lets actix choose one worker per core.
-    #[serde(default)]
     pub workers: usize,
     /// A streaming client that takes nothing for this long while output
     /// waits for it is cut off (its generation cancelled and charged).
-    #[serde(default = "default_write_idle_timeout_ms")]
     pub write_idle_timeout_ms: u64,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
-            bind: default_bind(),
-            max_body_bytes: default_max_body_bytes(),
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
             workers: 0,
-            write_idle_timeout_ms: default_write_idle_timeout_ms(),
+            write_idle_timeout_ms: 30_000,
         }
     }
-}
-
-fn default_write_idle_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_bind() -> String {
-    "127.0.0.1:8080".into()
-}
-
-fn default_max_body_bytes() -> usize {
-    4 * 1024 * 1024
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -287,19 +239,15 @@ fn default_owned_by() -> String {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawAdmission {
     /// Requests generating at once; more wait in the queue.
-    #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Requests waiting for a slot; more are refused with 503 and `Retry-After`.
-    #[serde(default = "default_max_queued")]
     pub max_queued: usize,
     /// How long a request may wait for a slot before it is refused.
-    #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
     /// Who gets a contended slot: `fair` (by tenant weight) or `fifo`.
-    #[serde(default)]
     pub policy: AdmissionPolicy,
 }
 
@@ -314,24 +262,12 @@ pub enum AdmissionPolicy {
 impl Default for RawAdmission {
     fn default() -> Self {
         RawAdmission {
-            max_in_flight: default_max_in_flight(),
-            max_queued: default_max_queued(),
-            queue_timeout_ms: default_queue_timeout_ms(),
+            max_in_flight: 16,
+            max_queued: 64,
+            queue_timeout_ms: 30_000,
             policy: AdmissionPolicy::Fair,
         }
     }
-}
-
-fn default_max_in_flight() -> usize {
-    16
-}
-
-fn default_max_queued() -> usize {
-    64
-}
-
-fn default_queue_timeout_ms() -> u64 {
-    30_000
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -343,45 +279,35 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawLogging {
-    #[serde(default = "default_level")]
     pub level: String,
-    #[serde(default)]
     pub format: LogFormat,
 }
 
 impl Default for RawLogging {
     fn default() -> Self {
         RawLogging {
-            level: default_level(),
+            level: "info".into(),
             format: LogFormat::Text,
         }
     }
 }
 
-fn default_level() -> String {
-    "info".into()
-}
-
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     /// `false` serves every caller as one unlimited tenant (local development
     /// only): start-up then needs a loopback `server.bind`, and requests need
     /// a loopback `Host` (and `Origin`, when sent).
-    #[serde(default = "default_true")]
     pub enabled: bool,
     /// With authentication off, start on a non-loopback `server.bind` anyway
     /// (e.g. inside a container whose port is published on loopback only).
-    #[serde(default)]
     pub allow_open_on_public_bind: bool,
     /// With authentication off, open the admin routes to every caller
     /// (otherwise they answer 403).
-    #[serde(default)]
     pub allow_open_admin: bool,
     /// API keys with admin scope, as `sha256:<hex>` hashes.
-    #[serde(default)]
     pub admin_api_keys: Vec<String>,
     pub jwt: Option<RawJwt>,
 }
@@ -396,10 +322,6 @@ impl Default for RawAuth {
             jwt: None,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,3 +1,5 @@
+//! Unit tests of `config`.
+
 use super::*;
 
 fn model_file() -> tempfile::NamedTempFile {

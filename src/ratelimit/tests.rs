@@ -1,3 +1,5 @@
+//! Unit tests of `ratelimit`.
+
 use std::time::Duration;
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Unit tests of `store`.
+
 use super::*;
 
 async fn accept(_: AdapterRecord) -> Result<(), AdapterError> {

@@ -1,3 +1,5 @@
+//! Unit tests of `validate`.
+
 use super::*;
 use crate::fixture::lora::{AdapterSpec, adapter_config, write_adapter};
 

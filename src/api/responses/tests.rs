@@ -1,3 +1,5 @@
+//! Unit tests of `responses`.
+
 use super::*;
 use crate::api::extract::parse;
 

@@ -1,3 +1,5 @@
+//! Unit tests of `tools`.
+
 use super::*;
 use crate::api::tools::wire::{FunctionName, NamedToolChoice, ToolKind};
 use crate::engine::{PromptToolCall, ToolCallFormat};

@@ -1,3 +1,5 @@
+//! Unit tests of `validate`.
+
 use super::*;
 use crate::api::extract::parse;
 use crate::engine::ModelCard;

@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device};
@@ -138,9 +137,7 @@ impl SharedBaseEngine {
         std::thread::Builder::new()
             .name("shared-base-engine".into())
             .spawn(move || scheduler.run())?;
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created = crate::clock::unix_now_secs();
         tracing::info!(
             weights_mib = model.weight_bytes() / (1 << 20),
             kv_budget_mib = kv_budget / (1 << 20),

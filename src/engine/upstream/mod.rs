@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -164,9 +164,7 @@ impl UpstreamEngine {
             api_key.clone(),
             metrics.clone(),
         ));
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created = crate::clock::unix_now_secs();
         let counter = Arc::new(TokenCounter::load(model_dir)?);
         Ok(UpstreamEngine {
             client,

@@ -1,3 +1,5 @@
+//! Unit tests of `detokenize`.
+
 use super::*;
 use serde_json::{Map, Value, json};
 

@@ -1,3 +1,5 @@
+//! Unit tests of `template`.
+
 use super::*;
 use serde_json::{Value as Json, json};
 

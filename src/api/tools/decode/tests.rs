@@ -1,3 +1,5 @@
+//! Unit tests of `decode`.
+
 use super::*;
 
 /// Feeds `text` in pieces of `step` bytes (at char boundaries) and joins

@@ -1,3 +1,5 @@
+//! Unit tests of `queues`.
+
 use super::*;
 
 fn claim(tenant: &str, weight: u32, priority: u8) -> Claim {

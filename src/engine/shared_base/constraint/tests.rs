@@ -1,3 +1,5 @@
+//! Unit tests of `constraint`.
+
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

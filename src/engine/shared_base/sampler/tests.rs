@@ -1,3 +1,5 @@
+//! Unit tests of `sampler`.
+
 use super::*;
 
 fn config(temperature: f32, top_p: f32, seed: u64) -> SamplingConfig {
