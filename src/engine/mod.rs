@@ -4,6 +4,7 @@
 //! Dropping that stream cancels the generation.
 
 pub mod admission;
+pub mod kv_blocks;
 pub mod mistral;
 mod mistral_gate;
 mod mistral_lora;
