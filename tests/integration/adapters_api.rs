@@ -69,14 +69,7 @@ async fn upload(
 async fn answer(server: &TestServer, model: &str) -> (u16, String) {
     let mut body = chat_body("Tell me something", 16);
     body["model"] = model.into();
-    let response = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let json: Value = response.json().await.unwrap();
+    let (status, json) = server.post_json("/v1/chat/completions", &body, None).await;
     if status == 200 {
         assert_eq!(
             json["model"], model,

@@ -250,14 +250,9 @@ async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
                 let mut body = chat_body("hi", 24);
                 body["model"] = json!("hog");
                 while !stop.load(Ordering::Relaxed) {
-                    let response = client()
-                        .post(server.url("/v1/chat/completions"))
-                        .json(&body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 200);
-                    response.bytes().await.unwrap();
+                    let (status, answer) =
+                        server.post_json("/v1/chat/completions", &body, None).await;
+                    assert_eq!(status, 200, "{answer}");
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
