@@ -324,6 +324,7 @@ pub fn bind(config: &Config) -> anyhow::Result<Running> {
     let mut server =
         HttpServer::new(move || create_app(app_state.clone(), body_limit, metrics_access.clone()))
             .on_connect(crate::api::disconnect::remember_socket)
+            .shutdown_timeout(config.server.shutdown_timeout.as_secs())
             .bind(config.server.bind)?;
     if let Some(listener) = metrics_listener {
         server = server.listen(listener)?;

@@ -107,6 +107,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub write_idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -99,6 +99,10 @@ pub struct RawServer {
     /// A streaming client that takes nothing for this long while output
     /// waits for it is cut off (its generation cancelled and charged).
     pub write_idle_timeout_ms: u64,
+    /// On SIGTERM, how long responses under way (streams included) may take
+    /// to finish before the process exits; keep it below the orchestrator's
+    /// grace period.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -108,6 +112,7 @@ impl Default for RawServer {
             max_body_bytes: 4 * 1024 * 1024,
             workers: 0,
             write_idle_timeout_ms: 30_000,
+            shutdown_timeout_secs: 30,
         }
     }
 }

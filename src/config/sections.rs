@@ -38,6 +38,7 @@ pub(super) fn server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         workers: raw.workers,
         write_idle_timeout: Duration::from_millis(raw.write_idle_timeout_ms),
+        shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs),
     })
 }
 

@@ -31,6 +31,27 @@ fn minimal_config_takes_defaults() {
     assert_eq!(config.server.bind.to_string(), "127.0.0.1:8080");
     assert_eq!(config.admission.max_in_flight, 16);
     assert_eq!(config.model.format, ModelFormat::Gguf);
+    assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn the_shutdown_grace_is_configurable_and_a_section_keeps_its_other_defaults() {
+    let file = model_file();
+    let text = format!(
+        "[server]
+shutdown_timeout_secs = 5
+{}",
+        minimal(file.path())
+    );
+    let config = Config::from_toml_str(&text, no_env(), Path::new("/")).unwrap();
+    assert_eq!(config.server.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(config.server.max_body_bytes, 4 * 1024 * 1024);
+    let environment = vec![(
+        "LORAGATE__SERVER__SHUTDOWN_TIMEOUT_SECS".to_string(),
+        "7".to_string(),
+    )];
+    let config = Config::from_toml_str(&minimal(file.path()), environment, Path::new("/")).unwrap();
+    assert_eq!(config.server.shutdown_timeout, Duration::from_secs(7));
 }
 
 #[test]
