@@ -16,8 +16,7 @@ use crate::metering::UsageReport;
     security(("bearer" = [])),
     responses(
         (status = 200, body = UsageReport),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant (`tenant_not_found`).", body = ErrorResponse),
         (status = 503, description = "The usage store is unreachable.", body = ErrorResponse),
     )

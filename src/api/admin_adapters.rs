@@ -109,8 +109,7 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
     responses(
         (status = 201, description = "Stored, loaded (with warm_on_upload) and serving; `ETag` is the generation.", body = AdapterInfo),
         (status = 400, description = "Invalid adapter or form (`invalid_adapter`, `invalid_upload`); the message names the problem.", body = ErrorResponse),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant.", body = ErrorResponse),
         (status = 409, description = "`expected_generation` / `If-Match` does not match the current generation.", body = ErrorResponse),
         (status = 413, description = "A file is over its size cap.", body = ErrorResponse),
@@ -207,8 +206,7 @@ async fn prepare(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterList),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant.", body = ErrorResponse),
     )
 )]
@@ -240,8 +238,7 @@ pub async fn list(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterInfo),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
     )
 )]
@@ -271,8 +268,7 @@ pub async fn get(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterDeleted),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
         (status = 409, description = "`If-Match` does not match the current generation.", body = ErrorResponse),
     )
@@ -311,8 +307,7 @@ pub async fn delete(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The generation now served.", body = AdapterInfo),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Not an admin.", body = ErrorResponse),
+        crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
         (status = 409, description = "No earlier generation, or `If-Match` mismatch.", body = ErrorResponse),
     )

@@ -39,8 +39,7 @@ fn model_object(card: ModelCard) -> ModelObject {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The models the caller may use.", body = ModelList),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Credentials without tenant scope.", body = ErrorResponse),
+        crate::api::openapi::TenantAuthErrors,
         (status = 503, description = "Still loading.", body = ErrorResponse),
     )
 )]
@@ -87,8 +86,7 @@ pub async fn list_models(
     security(("bearer" = [])),
     responses(
         (status = 200, body = ModelObject),
-        (status = 401, description = "Missing or invalid credentials.", body = ErrorResponse),
-        (status = 403, description = "Credentials without tenant scope.", body = ErrorResponse),
+        crate::api::openapi::TenantAuthErrors,
         (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
         (status = 503, description = "Still loading.", body = ErrorResponse),
     )

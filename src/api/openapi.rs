@@ -57,6 +57,30 @@ use crate::error::{ErrorBody, ErrorResponse};
 )]
 pub struct ApiDoc;
 
+/// The authentication refusals of every tenant route, declared once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum TenantAuthErrors {
+    /// Missing or invalid API key or token (`invalid_api_key`).
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// Credentials without tenant scope.
+    #[response(status = 403)]
+    Forbidden(ErrorResponse),
+}
+
+/// The authentication refusals of every admin route, declared once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminAuthErrors {
+    /// Missing or invalid credentials.
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorResponse),
+}
+
 /// Declares the `bearer` scheme the routes' `security` refers to.
 struct BearerAuth;
 
