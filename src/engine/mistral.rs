@@ -52,9 +52,10 @@ pub struct MistralEngine {
     cache_gate: Option<Arc<CacheGate>>,
 }
 
-/// How long a cancelled sequence may stay parked inside mistral.rs before
-/// its cache size stops holding back prompts of another size.
-const CANCELLED_SEQUENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long after its stream ends a sequence mistral.rs still holds may keep
+/// prompts of another cache size out (see `SharedPermit`): a safety net, far
+/// beyond the few steps a parked, cancelled sequence takes to be dropped.
+const CANCELLED_SEQUENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl MistralEngine {
     pub async fn load(

@@ -14,9 +14,10 @@
 //! a time: a request waits here while sequences of another size run. Waiting
 //! is first come, first served across sizes (a request of another size
 //! stops newcomers of the running size from going ahead of it), so neither
-//! short nor long prompts can starve the other. Prompts within a few tokens
-//! of a step boundary, where the gateway's count and the engine's might
-//! fall on different sides, run alone.
+//! short nor long prompts can starve the other. Prompts within two tokens
+//! of a step boundary, where the gateway's count and the engine's could
+//! fall on different sides (both render the same template with the same
+//! tokenizer), run alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio::sync::Notify;
 /// mistral.rs's `NormalCache::CACHE_GROW_SIZE`.
 const CACHE_STEP_TOKENS: usize = 512;
 /// How far from a step boundary a prompt count is trusted.
-const BOUNDARY_MARGIN: usize = 16;
+const BOUNDARY_MARGIN: usize = 2;
 
 /// The cache size a prompt gets, as far as sharing the engine goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,9 @@ impl Drop for Waiting<'_> {
         let mut state = self.gate.state.lock();
         if let Some(lane) = state.lanes.get_mut(self.model) {
             lane.waiting.remove(&self.ticket);
+            if lane.in_flight == 0 && lane.waiting.is_empty() {
+                state.lanes.remove(self.model);
+            }
         }
         drop(state);
         self.gate.changed.notify_waiters();
@@ -198,8 +202,11 @@ impl CacheGate {
 /// A permit held from both sides of a sequence: by mistral.rs, inside the
 /// sequence's logits processor (dropped with the sequence, however it
 /// ends), and by the gateway's stream of it. The engine's side releases it
-/// as soon as the sequence is gone; the stream's side only after a grace
-/// period, in case the engine keeps a cancelled sequence parked.
+/// as soon as the sequence is gone. A cancelled sequence that mistral.rs
+/// keeps parked is gone only once it runs again and finds its receiver
+/// closed, which it does when the sequences ahead of it end; releasing
+/// earlier would let a prompt of another size in beside it. The stream's
+/// side is a safety net for an engine that never drops it, long after.
 #[derive(Clone, Default)]
 pub struct SharedPermit(Arc<Mutex<Option<CachePermit>>>);
 
@@ -237,6 +244,12 @@ impl Drop for StreamHold {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     tokio::time::sleep(grace).await;
+                    if permit.0.lock().is_some() {
+                        tracing::warn!(
+                            grace_secs = grace.as_secs(),
+                            "mistral.rs kept a finished sequence; releasing its cache-size hold"
+                        );
+                    }
                     permit.release();
                 });
             }
@@ -255,9 +268,11 @@ mod tests {
         assert_eq!(CacheClass::of_prompt(400), CacheClass::Steps(1));
         assert_eq!(CacheClass::of_prompt(600), CacheClass::Steps(2));
         assert_eq!(CacheClass::of_prompt(1100), CacheClass::Steps(3));
-        for near in [496, 511, 512, 513, 528, 1020, 1024, 1030] {
+        for near in [510, 511, 512, 513, 514, 1022, 1024, 1026] {
             assert_eq!(CacheClass::of_prompt(near), CacheClass::Alone, "{near}");
         }
+        assert_eq!(CacheClass::of_prompt(509), CacheClass::Steps(1));
+        assert_eq!(CacheClass::of_prompt(515), CacheClass::Steps(2));
         assert!(!CacheClass::Alone.shares_with(CacheClass::Alone));
     }
 
