@@ -288,7 +288,7 @@ async fn main() -> Result<()> {
                 })
             })
         }),
-        ("adapter requests refused by limits", {
+        ("adapter requests, admitted and refused by limits", {
             let (key, base) = (attacker.clone(), base.clone());
             Box::new(move |stop| {
                 let (key, base) = (key.clone(), base.clone());

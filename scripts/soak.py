@@ -523,7 +523,8 @@ async def run(args):
         log = work / f"{name}.log"
         process = subprocess.Popen([args.bin, "serve", "--config", str(config)], stdout=open(log, "w"),
                                    stderr=subprocess.STDOUT)
-        supports_adapters = model.get("format") == "safetensors" and bool(adapter_dirs)
+        # The --adapter folders are made for the tiny fixture model's shapes.
+        supports_adapters = name == "tiny" and bool(adapter_dirs)
         gateways.append(Gateway(name, model["served_name"], port, process, log, supports_adapters, max_tokens))
     try:
         for gateway in gateways:
