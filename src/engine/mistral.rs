@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::mistral_gate::{CacheGate, SharedPermit};
-use super::mistral_lora::{BaseFiles, add_adapter_model, remove_adapter_model, replica_bytes};
+use super::mistral_lora::{BaseFiles, add_adapter_model, merged_copy_bytes, remove_adapter_model};
 use super::stop::{JsonEnd, Scan, StopScanner};
 use super::{
     AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
@@ -363,7 +363,7 @@ impl Engine for MistralEngine {
             ..self.card.clone()
         };
         self.adapters.write().insert(id.to_string(), card);
-        Ok(replica_bytes(base))
+        Ok(merged_copy_bytes(base))
     }
 
     async fn unload_adapter(&self, id: &str) -> Result<(), EngineError> {

@@ -182,8 +182,8 @@ pub async fn remove_adapter_model(model: Arc<Model>, id: &str) -> Result<(), Eng
 }
 
 /// Rough resident size of one adapter model: a full copy of the base weights
-/// (the merged-replica cost), measured from the weight files.
-pub fn replica_bytes(base: &BaseFiles) -> u64 {
+/// (the cost of a merged copy), measured from the weight files.
+pub fn merged_copy_bytes(base: &BaseFiles) -> u64 {
     let on_disk: u64 = base
         .weights
         .iter()
