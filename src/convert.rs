@@ -7,7 +7,7 @@
 //! back. The tokenizer is rebuilt as byte-level BPE from the GGUF's
 //! `tokenizer.ggml.tokens`/`merges`, with its chat template.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -16,9 +16,9 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use crate::fixture::weights::{NamedTensor, write_tensors};
+use loragate::fixture::weights::{NamedTensor, write_tensors};
 
-use crate::prompt::gguf::{meta, meta_usize, tokenizer_json};
+use loragate::prompt::gguf::{meta, meta_usize, tokenizer_json};
 
 /// Undoes llama.cpp's `permute(w, n_head)`: rows were regrouped from
 /// (head, half, pair) to (head, pair, half).
@@ -148,7 +148,8 @@ pub fn convert_gguf(gguf: &Path, out: &Path) -> anyhow::Result<()> {
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned();
-    let mut tokenizer_config: HashMap<&str, serde_json::Value> = HashMap::from([
+    // Ordered, so a conversion is reproducible byte for byte.
+    let mut tokenizer_config: BTreeMap<&str, serde_json::Value> = BTreeMap::from([
         ("bos_token", json!(bos)),
         ("eos_token", json!(eos)),
         ("add_bos_token", json!(false)),

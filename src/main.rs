@@ -1,6 +1,9 @@
 //! The `loragate` binary: `serve`, key and JWT tools, model conversion and
 //! the fixture writers (see `cli`).
 
+mod convert;
+mod upload;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -72,12 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Upload(args) => {
-            let record = loragate::upload::upload(args).await?;
+            let record = upload::upload(args).await?;
             println!("{}", serde_json::to_string_pretty(&record)?);
             Ok(())
         }
         Command::ConvertGguf { input, out } => {
-            loragate::convert::convert_gguf(&input, &out)?;
+            convert::convert_gguf(&input, &out)?;
             println!("{}", out.display());
             Ok(())
         }

@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::UploadArgs;
+use loragate::cli::UploadArgs;
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<serde_json::Value> {
     let config = std::fs::read(args.dir.join("adapter_config.json"))?;
