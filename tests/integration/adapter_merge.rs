@@ -7,71 +7,20 @@ use crate::common;
 
 use std::path::Path;
 
-use futures_util::StreamExt;
-use loragate::config::Config;
-use loragate::engine::mistral::MistralEngine;
-use loragate::engine::{
-    AdapterFiles, Engine, GenerationEvent, GenerationRequest, OutputConstraint, PromptMessage,
-    Role, Sampling,
-};
+use std::sync::Arc;
+
+use crate::common::direct::{self, adapter_files as files};
+use loragate::engine::{Engine, PromptMessage, Role};
 use loragate::fixture::lora::{AdapterSpec, write_adapter, write_merged_model};
 
-async fn engine_on(dir: &Path, name: &str) -> MistralEngine {
-    let text = format!(
-        "[model]\nserved_name = \"{name}\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"f32\"\n",
-        dir.display()
-    );
-    let config = Config::from_toml_str(&text, Vec::new(), Path::new("/")).unwrap();
-    let counter = prometheus::IntCounter::new("t", "t").unwrap();
-    MistralEngine::load(&config.model, counter)
-        .await
-        .expect("model loads")
+/// The tiny model's merges are checked on mistral.rs, whose LoRA route is
+/// the verified-exact one.
+async fn engine_on(dir: &Path, name: &str) -> Arc<dyn Engine> {
+    direct::engine_on(dir, name, "mistralrs").await
 }
 
-async fn greedy(engine: &MistralEngine, model: &str, prompt: &str) -> String {
-    let messages = vec![PromptMessage::text(Role::User, prompt)];
-    let prompt = engine
-        .count_prompt_tokens(model, &messages, None)
-        .await
-        .unwrap();
-    let request = GenerationRequest {
-        model: model.into(),
-        messages,
-        sampling: Sampling {
-            temperature: Some(0.0),
-            ..Sampling::default()
-        },
-        max_tokens: 24,
-        prompt_tokens: prompt.count,
-        stop: Vec::new(),
-        constraint: OutputConstraint::None,
-        tools: None,
-        passthrough: Default::default(),
-        max_tokens_chosen: true,
-        stream: true,
-        prompt_ids: prompt.ids,
-        claim: Default::default(),
-    };
-    let mut stream = engine.generate(request).await.unwrap().events;
-    let mut text = String::new();
-    while let Some(event) = stream.next().await {
-        match event.unwrap() {
-            GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
-            GenerationEvent::Finished { .. } => break,
-            // Only remote engines report parsed calls.
-            GenerationEvent::ToolCall(_) => {}
-        }
-    }
-    text
-}
-
-fn files(dir: &Path, spec: &AdapterSpec) -> AdapterFiles {
-    AdapterFiles {
-        weights: dir.join("adapter_model.safetensors"),
-        rank: spec.rank,
-        alpha: spec.alpha,
-        target_modules: spec.targets.clone(),
-    }
+async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str) -> String {
+    direct::greedy(engine.as_ref(), model, prompt, 24).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,17 +5,6 @@ use crate::common;
 use crate::common::{MODEL, TestServer, chat_body, client, sse_data};
 use serde_json::{Value, json};
 
-async fn complete(server: &TestServer, body: &Value) -> Value {
-    let response = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
 async fn stream(server: &TestServer, body: &Value) -> (reqwest::header::HeaderMap, Vec<String>) {
     let response = client()
         .post(server.url("/v1/chat/completions"))
@@ -51,7 +40,7 @@ fn streamed_text(frames: &[String]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn non_streaming_completion_has_openai_shape() {
     let server = TestServer::start();
-    let completion = complete(&server, &chat_body("Hello there", 12)).await;
+    let completion = server.chat_ok(&chat_body("Hello there", 12)).await;
     assert_eq!(completion["object"], "chat.completion");
     assert_eq!(
         completion["model"], MODEL,
@@ -76,8 +65,8 @@ async fn non_streaming_completion_has_openai_shape() {
 async fn greedy_decoding_is_deterministic() {
     let server = TestServer::start();
     let body = chat_body("Tell me a story", 24);
-    let first = content(&complete(&server, &body).await);
-    let second = content(&complete(&server, &body).await);
+    let first = content(&server.chat_ok(&body).await);
+    let second = content(&server.chat_ok(&body).await);
     assert!(!first.is_empty());
     assert_eq!(first, second);
 }
@@ -86,7 +75,7 @@ async fn greedy_decoding_is_deterministic() {
 async fn stream_matches_the_non_streamed_text_and_ends_with_done() {
     let server = TestServer::start();
     let mut body = chat_body("Stream this please", 16);
-    let expected = content(&complete(&server, &body).await);
+    let expected = content(&server.chat_ok(&body).await);
     body["stream"] = json!(true);
     let (headers, frames) = stream(&server, &body).await;
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -139,7 +128,7 @@ async fn leading_space_of_the_first_token_is_kept() {
     let space = loragate::fixture::byte_token_id(b' ');
     let mut body = chat_body("Say spaces", 3);
     body["logit_bias"] = json!({ space.to_string(): 100 });
-    let text = content(&complete(&server, &body).await);
+    let text = content(&server.chat_ok(&body).await);
     assert_eq!(text, "   ", "three space tokens, none trimmed");
     body["stream"] = json!(true);
     let (_, frames) = stream(&server, &body).await;
@@ -164,14 +153,14 @@ async fn leading_space_of_the_first_token_is_kept() {
 async fn stop_sequences_cut_the_text_in_both_modes() {
     let server = TestServer::start();
     let body = chat_body("Give me text", 40);
-    let full = content(&complete(&server, &body).await);
+    let full = content(&server.chat_ok(&body).await);
     let chars: Vec<char> = full.chars().collect();
     assert!(chars.len() >= 10, "need some text to cut: {full:?}");
     let stop: String = chars[6..9].iter().collect();
     let expected = &full[..full.find(&stop).unwrap()];
     let mut stopped = body.clone();
     stopped["stop"] = json!([stop]);
-    let completion = complete(&server, &stopped).await;
+    let completion = server.chat_ok(&stopped).await;
     assert_eq!(content(&completion), expected);
     assert_eq!(completion["choices"][0]["finish_reason"], "stop");
     stopped["stream"] = json!(true);
@@ -193,7 +182,7 @@ async fn sampling_parameters_are_accepted() {
     body["user"] = json!("someone");
     body["n"] = json!(1);
     body["max_completion_tokens"] = json!(5);
-    let completion = complete(&server, &body).await;
+    let completion = server.chat_ok(&body).await;
     assert_eq!(completion["usage"]["completion_tokens"], 5);
 }
 

@@ -8,76 +8,19 @@ use crate::common;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common::direct::{self, adapter_files as files, engine_on};
 use crate::common::reference::{Reference, log_softmax};
-use crate::common::{MODEL, TestServer, chat_body, client};
-use futures_util::StreamExt;
-use loragate::config::Config;
-use loragate::engine::{
-    AdapterFiles, Engine, GenerationEvent, GenerationRequest, OutputConstraint, PromptMessage,
-    Role, Sampling,
-};
+use crate::common::{MODEL, TestServer, chat_body};
+use loragate::engine::{Engine, PromptMessage, Role};
 use loragate::fixture::lora::{AdapterSpec, write_adapter, write_merged_model};
 use serde_json::{Value, json};
 
-async fn engine_on(dir: &Path, name: &str, engine: &str) -> Arc<dyn Engine> {
-    let text = format!(
-        "[model]\nserved_name = \"{name}\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"f32\"\nengine = \"{engine}\"\ncontext_length = 2048\n",
-        dir.display()
-    );
-    let config = Config::from_toml_str(&text, Vec::new(), Path::new("/")).unwrap();
-    let counter = prometheus::IntCounter::new("t", "t").unwrap();
-    loragate::server::load_engine(&config.model, counter)
-        .await
-        .expect("model loads")
-}
-
 async fn greedy(engine: &Arc<dyn Engine>, model: &str, prompt: &str, max_tokens: usize) -> String {
-    let messages = vec![PromptMessage::text(Role::User, prompt)];
-    let prompt = engine
-        .count_prompt_tokens(model, &messages, None)
-        .await
-        .unwrap();
-    let request = GenerationRequest {
-        model: model.into(),
-        messages,
-        sampling: Sampling {
-            temperature: Some(0.0),
-            ..Sampling::default()
-        },
-        max_tokens,
-        prompt_tokens: prompt.count,
-        stop: Vec::new(),
-        constraint: OutputConstraint::None,
-        tools: None,
-        passthrough: Default::default(),
-        max_tokens_chosen: true,
-        stream: true,
-        prompt_ids: prompt.ids,
-        claim: Default::default(),
-    };
-    let mut stream = engine.generate(request).await.unwrap().events;
-    let mut text = String::new();
-    while let Some(event) = stream.next().await {
-        match event.unwrap() {
-            GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
-            GenerationEvent::Finished { .. } => break,
-            // Only remote engines report parsed calls.
-            GenerationEvent::ToolCall(_) => {}
-        }
-    }
+    let text = direct::greedy(engine.as_ref(), model, prompt, max_tokens).await;
     // mistral.rs 0.8.1 drops a last character cut off by the token budget
     // (it sends no final chunk); the shared-base engine flushes it as U+FFFD,
     // as decoding the tokens does. Compare the complete characters.
     text.trim_end_matches('\u{FFFD}').to_string()
-}
-
-fn files(dir: &Path, spec: &AdapterSpec) -> AdapterFiles {
-    AdapterFiles {
-        weights: dir.join("adapter_model.safetensors"),
-        rank: spec.rank,
-        alpha: spec.alpha,
-        target_modules: spec.targets.clone(),
-    }
 }
 
 /// The last one is longer than a step's token budget (256), so its prompt
@@ -187,17 +130,6 @@ async fn smollm2_agrees_with_mistralrs_and_with_independent_merges() {
     agrees_with_mistralrs(dir, &shape, 16).await;
 }
 
-async fn chat(server: &TestServer, body: &Value) -> Value {
-    let response = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
 fn content(answer: &Value) -> String {
     answer["choices"][0]["message"]["content"]
         .as_str()
@@ -226,12 +158,12 @@ async fn outputs_are_the_same_alone_and_in_a_mixed_batch_of_nine() {
     };
     let mut alone = Vec::new();
     for model in &models {
-        alone.push(content(&chat(&server, &body(model)).await));
+        alone.push(content(&server.chat_ok(&body(model)).await));
     }
     let together = futures_util::future::join_all(models.iter().map(|model| {
         let body = body(model);
         let server = &server;
-        async move { content(&chat(server, &body).await) }
+        async move { content(&server.chat_ok(&body).await) }
     }))
     .await;
     assert_eq!(alone, together);
@@ -251,12 +183,12 @@ async fn a_seeded_sampled_request_repeats_exactly() {
         body["seed"] = json!(seed);
         body
     };
-    let first = content(&chat(&server, &body(42)).await);
-    let again = content(&chat(&server, &body(42)).await);
+    let first = content(&server.chat_ok(&body(42)).await);
+    let again = content(&server.chat_ok(&body(42)).await);
     assert_eq!(first, again);
     let others: Vec<String> = futures_util::future::join_all((0..3).map(|i| {
         let server = &server;
-        async move { content(&chat(server, &body(1000 + i)).await) }
+        async move { content(&server.chat_ok(&body(1000 + i)).await) }
     }))
     .await;
     assert!(
@@ -271,7 +203,7 @@ async fn logprobs_are_a_proper_distribution_matching_an_independent_forward_pass
     let mut body = chat_body("Hi", 3);
     body["logprobs"] = json!(true);
     body["top_logprobs"] = json!(5);
-    let answer = chat(&server, &body).await;
+    let answer = server.chat_ok(&body).await;
     let entries = answer["choices"][0]["logprobs"]["content"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Test harness: the real gateway, on the tiny fixture model, over real HTTP
 //! on a loopback port.
 
+pub mod direct;
 pub mod process;
 pub mod reference;
 
@@ -158,6 +159,13 @@ impl TestServer {
 
     pub fn address(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// A chat completion that must succeed: its JSON answer.
+    pub async fn chat_ok(&self, body: &serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.post_json("/v1/chat/completions", body, None).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
     }
 
     /// POSTs `body` as JSON to `path` (with a bearer key when given): the

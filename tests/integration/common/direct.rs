@@ -1,0 +1,74 @@
+//! Engines driven directly, without HTTP: what the reference tests compare.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use loragate::config::Config;
+use loragate::engine::{
+    AdapterFiles, Engine, GenerationEvent, GenerationRequest, OutputConstraint, PromptMessage,
+    Role, Sampling,
+};
+use loragate::fixture::lora::AdapterSpec;
+
+/// The model folder `dir` served as `name` by `engine` (`mistralrs`,
+/// `shared_base`), with a 2,048-token context.
+pub async fn engine_on(dir: &Path, name: &str, engine: &str) -> Arc<dyn Engine> {
+    let text = format!(
+        "[model]\nserved_name = \"{name}\"\npath = \"{}\"\nformat = \"safetensors\"\ndtype = \"f32\"\nengine = \"{engine}\"\ncontext_length = 2048\n",
+        dir.display()
+    );
+    let config = Config::from_toml_str(&text, Vec::new(), Path::new("/")).unwrap();
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    loragate::server::load_engine(&config.model, counter)
+        .await
+        .expect("model loads")
+}
+
+/// The greedy answer of `model` to one user message, as the engine sent it.
+pub async fn greedy(engine: &dyn Engine, model: &str, prompt: &str, max_tokens: usize) -> String {
+    let messages = vec![PromptMessage::text(Role::User, prompt)];
+    let prompt = engine
+        .count_prompt_tokens(model, &messages, None)
+        .await
+        .unwrap();
+    let request = GenerationRequest {
+        model: model.into(),
+        messages,
+        sampling: Sampling {
+            temperature: Some(0.0),
+            ..Sampling::default()
+        },
+        max_tokens,
+        prompt_tokens: prompt.count,
+        stop: Vec::new(),
+        constraint: OutputConstraint::None,
+        tools: None,
+        passthrough: Default::default(),
+        max_tokens_chosen: true,
+        stream: true,
+        prompt_ids: prompt.ids,
+        claim: Default::default(),
+    };
+    let mut stream = engine.generate(request).await.unwrap().events;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
+            GenerationEvent::Finished { .. } => break,
+            // Only remote engines report parsed calls.
+            GenerationEvent::ToolCall(_) => {}
+        }
+    }
+    text
+}
+
+/// The engine's view of an adapter written from `spec` into `dir`.
+pub fn adapter_files(dir: &Path, spec: &AdapterSpec) -> AdapterFiles {
+    AdapterFiles {
+        weights: dir.join("adapter_model.safetensors"),
+        rank: spec.rank,
+        alpha: spec.alpha,
+        target_modules: spec.targets.clone(),
+    }
+}
