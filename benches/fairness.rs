@@ -6,44 +6,24 @@
 //!
 //! Run: `scripts/bench-fairness.sh [MODEL_DIR] [B_REQUESTS]`
 
-use std::process::{Child, Command, Stdio};
+#[path = "support/gateway.rs"]
+mod gateway;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
+use gateway::{Gateway, key_pair, percentile};
 use serde_json::json;
 
-struct Gateway {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn key_pair() -> (String, String) {
-    let key = loragate::auth::keys::generate_key();
-    (
-        key.clone(),
-        loragate::config::KeyHash::of_key(&key).to_config_string(),
-    )
-}
-
 async fn start(binary: &str, model: &str, policy: &str) -> Result<(Gateway, String, String)> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = gateway::free_port()?;
     let ((a, a_hash), (b, b_hash), (_, admin_hash)) = (key_pair(), key_pair(), key_pair());
-    let config = format!(
-        r#"
+    let config = |dir: &std::path::Path| {
+        format!(
+            r#"
 [server]
 bind = "127.0.0.1:{port}"
 [model]
@@ -70,32 +50,11 @@ api_keys = ["{b_hash}"]
 [logging]
 level = "error"
 "#,
-        adapters = dir.path().join("adapters").display()
-    );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config)?;
-    let child = Command::new(binary)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the gateway")?;
-    let gateway = Gateway {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
+            adapters = dir.join("adapters").display()
+        )
     };
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(response) = client.get(format!("{}/ready", gateway.base)).send().await
-            && response.status() == 200
-        {
-            return Ok((gateway, a, b));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("the gateway did not become ready")
+    let gateway = gateway::start(binary, port, config).await?;
+    Ok((gateway, a, b))
 }
 
 /// A streamed request: (time to first content, completion tokens).
@@ -135,11 +94,6 @@ async fn streamed(
         first.unwrap_or_else(|| started.elapsed().as_secs_f64()) * 1000.0,
         tokens,
     ))
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// A's flood: 32 clients generating back to back until `stop`; returns the
@@ -221,12 +175,14 @@ async fn main() -> Result<()> {
         let (gateway, a, b) = start(&binary, &model, policy).await?;
         b_requests(&gateway.base, &b, 2).await?;
         let mut solo = b_requests(&gateway.base, &b, count).await?;
-        let (solo50, solo99) = (percentile(&mut solo, 0.5), percentile(&mut solo, 0.99));
+        solo.sort_by(f64::total_cmp);
+        let (solo50, solo99) = (percentile(&solo, 0.5), percentile(&solo, 0.99));
         let (a_solo, _) = a_throughput(&gateway.base, &a, window, None).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (a_shared, mut under) =
             a_throughput(&gateway.base, &a, window, Some((&b, count))).await?;
-        let (p50, p99) = (percentile(&mut under, 0.5), percentile(&mut under, 0.99));
+        under.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&under, 0.5), percentile(&under, 0.99));
         println!(
             "| {policy} | {p50:.0} ({solo50:.0}) | {p99:.0} ({solo99:.0}) | {:.2} | {a_shared:.1} ({a_solo:.1}) | {:.2} |",
             p99 / solo99,

@@ -8,40 +8,18 @@
 //!
 //! Run: `scripts/bench-noisy-neighbour.sh [MODEL_DIR] [REQUESTS]`
 
+#[path = "support/gateway.rs"]
+mod gateway;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use gateway::{Gateway, key_pair, percentile};
 use serde_json::{Value, json};
-
-struct Gateway {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn key_pair() -> (String, String) {
-    let key = loragate::auth::keys::generate_key();
-    let hash = loragate::config::KeyHash::of_key(&key).to_config_string();
-    (key, hash)
-}
 
 struct Keys {
     victim: String,
@@ -50,13 +28,13 @@ struct Keys {
 }
 
 async fn start(binary: &str, model_dir: &str) -> Result<(Gateway, Keys)> {
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = gateway::free_port()?;
     let (victim, victim_hash) = key_pair();
     let (attacker, attacker_hash) = key_pair();
     let (admin, admin_hash) = key_pair();
-    let config = format!(
-        r#"
+    let config = |dir: &std::path::Path| {
+        format!(
+            r#"
 [server]
 bind = "127.0.0.1:{port}"
 max_body_bytes = 8388608
@@ -86,40 +64,18 @@ max_concurrent = 2
 [logging]
 level = "error"
 "#,
-        adapters = dir.path().join("adapters").display(),
-    );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config)?;
-    let child = Command::new(binary)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the gateway")?;
-    let base = format!("http://127.0.0.1:{port}");
-    let gateway = Gateway {
-        child,
-        base,
-        _dir: dir,
+            adapters = dir.join("adapters").display(),
+        )
     };
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{}/ready", gateway.base)).send().await
-            && r.status() == 200
-        {
-            return Ok((
-                gateway,
-                Keys {
-                    victim,
-                    attacker,
-                    admin,
-                },
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("the gateway did not become ready")
+    let gateway = gateway::start(binary, port, config).await?;
+    Ok((
+        gateway,
+        Keys {
+            victim,
+            attacker,
+            admin,
+        },
+    ))
 }
 
 fn chat(model: &str, content: &str, max_tokens: usize) -> Value {
@@ -143,11 +99,6 @@ async fn victim_latencies(base: &str, key: &str, model: &str, requests: usize) -
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(latencies)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// A request over a socket with a tiny receive buffer, never read.
