@@ -21,8 +21,8 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use loragate::config::Config;
 use loragate::engine::{
-    AdapterFiles, Engine, GenerationEvent, GenerationRequest, OutputConstraint, PromptMessage,
-    Role, Sampling,
+    AdapterFiles, Engine, InferenceEvent, InferenceRequest, OutputConstraint, PromptMessage, Role,
+    Sampling,
 };
 use loragate::fixture::lora::{AdapterSpec, write_adapter};
 use serde_json::json;
@@ -104,7 +104,7 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
     }];
     let started = Instant::now();
     let prompt = engine.count_prompt_tokens(model, &messages, None).await?;
-    let request = GenerationRequest {
+    let request = InferenceRequest {
         model: model.into(),
         messages,
         sampling: Sampling {
@@ -119,6 +119,7 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
         stream: true,
         prompt_ids: prompt.ids,
         claim: Default::default(),
+        choices: 1,
         tools: None,
         passthrough: Default::default(),
     };
@@ -126,16 +127,16 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
     let (mut first, mut last, mut generated) = (None, started, 0);
     while let Some(event) = events.next().await {
         match event? {
-            GenerationEvent::Delta { .. } => {
+            InferenceEvent::Delta { .. } => {
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = now;
             }
-            GenerationEvent::Finished { usage, .. } => {
+            InferenceEvent::Finished { usage, .. } => {
                 generated = usage.completion_tokens;
                 break;
             }
-            GenerationEvent::ToolCall(_) => {}
+            InferenceEvent::ToolCall(_) => {}
         }
     }
     let first = first.context("no text")?;

@@ -20,13 +20,13 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpRequest, HttpServer, Route, web};
+use actix_web::{App, HttpRequest, HttpServer, web};
 
 use crate::adapters::validate::{BaseShape, Limits as AdapterLimits};
 use crate::adapters::{AdapterStore, Residency};
 use crate::api::extract::BodyLimit;
 use crate::api::health::MetricsAccess;
-use crate::api::{admin, admin_adapters, chat, health, models, openapi, responses};
+use crate::api::routes;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Admission, Engine};
@@ -145,22 +145,37 @@ async fn route_not_found(request: HttpRequest) -> Result<actix_web::HttpResponse
     })
 }
 
-/// A resource serving one method; any other gets 405 with `Allow`.
-fn resource(path: &str, allowed: &'static str, route: Route) -> actix_web::Resource {
-    resource_of(path, allowed, vec![route])
-}
-
-fn resource_of(path: &str, allowed: &'static str, routes: Vec<Route>) -> actix_web::Resource {
-    let resource = routes
+/// One resource per path, serving the methods [`routes::endpoints`] gives
+/// it; any other method gets 405 with `Allow` naming those.
+fn resources() -> Vec<actix_web::Resource> {
+    let mut by_path: Vec<(&'static str, Vec<routes::Endpoint>)> = Vec::new();
+    for endpoint in routes::endpoints() {
+        match by_path.iter_mut().find(|(path, _)| *path == endpoint.path) {
+            Some((_, endpoints)) => endpoints.push(endpoint),
+            None => by_path.push((endpoint.path, vec![endpoint])),
+        }
+    }
+    by_path
         .into_iter()
-        .fold(web::resource(path), |resource, route| resource.route(route));
-    resource.default_service(web::to(move |request: HttpRequest| async move {
-        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
-            method: request.method().to_string(),
-            path: request.path().to_string(),
-            allowed,
+        .map(|(_, endpoints)| {
+            let allowed: Vec<&str> = endpoints.iter().map(|e| e.method.as_str()).collect();
+            let allowed = allowed.join(", ");
+            let resource = web::resource(endpoints[0].pattern());
+            let resource = endpoints.iter().fold(resource, |resource, endpoint| {
+                resource.route(endpoint.route())
+            });
+            resource.default_service(web::to(move |request: HttpRequest| {
+                let allowed = allowed.clone();
+                async move {
+                    Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+                        method: request.method().to_string(),
+                        path: request.path().to_string(),
+                        allowed,
+                    })
+                }
+            }))
         })
-    }))
+        .collect()
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -193,7 +208,7 @@ async fn listener_scope(
         .and_then(|access| access.listener);
     if let Some(listener) = listener {
         let on_metrics_listener = request.app_config().local_addr() == listener;
-        if on_metrics_listener != (request.path() == "/metrics") {
+        if on_metrics_listener != (request.path() == routes::METRICS) {
             let error = ApiError::RouteNotFound {
                 method: request.method().to_string(),
                 path: request.path().to_string(),
@@ -229,61 +244,7 @@ pub fn create_app(
         .wrap(from_fn(listener_scope))
         .wrap(from_fn(crate::metrics::track_http))
         .wrap(from_fn(request_id))
-        .service(resource(
-            "/v1/chat/completions",
-            "POST",
-            web::post().to(chat::create_chat_completion),
-        ))
-        .service(resource(
-            "/v1/responses",
-            "POST",
-            web::post().to(responses::create_response),
-        ))
-        .service(resource(
-            "/v1/models",
-            "GET",
-            web::get().to(models::list_models),
-        ))
-        .service(resource(
-            "/v1/models/{model:.*}",
-            "GET",
-            web::get().to(models::retrieve_model),
-        ))
-        .service(resource("/health", "GET", web::get().to(health::health)))
-        .service(resource("/ready", "GET", web::get().to(health::ready)))
-        .service(resource("/metrics", "GET", web::get().to(health::metrics)))
-        .service(resource(
-            "/openapi.json",
-            "GET",
-            web::get().to(openapi::openapi_json),
-        ))
-        .service(resource("/docs", "GET", web::get().to(openapi::docs)))
-        .service(resource(
-            "/admin/v1/tenants/{tenant}/usage",
-            "GET",
-            web::get().to(admin::tenant_usage),
-        ))
-        .service(resource_of(
-            "/admin/v1/tenants/{tenant}/adapters",
-            "GET, POST",
-            vec![
-                web::get().to(admin_adapters::list),
-                web::post().to(admin_adapters::upload),
-            ],
-        ))
-        .service(resource_of(
-            "/admin/v1/tenants/{tenant}/adapters/{name}",
-            "GET, DELETE",
-            vec![
-                web::get().to(admin_adapters::get),
-                web::delete().to(admin_adapters::delete),
-            ],
-        ))
-        .service(resource(
-            "/admin/v1/tenants/{tenant}/adapters/{name}/rollback",
-            "POST",
-            web::post().to(admin_adapters::rollback),
-        ))
+        .service(resources())
         .default_service(web::to(route_not_found))
 }
 

@@ -65,7 +65,7 @@ pub enum ApiError {
     MethodNotAllowed {
         method: String,
         path: String,
-        allowed: &'static str,
+        allowed: String,
     },
     #[error("The server is at capacity; retry after {retry_after_secs} s.")]
     Overloaded { retry_after_secs: u64 },
@@ -277,7 +277,7 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
-            response.insert_header((header::ALLOW, *allowed));
+            response.insert_header((header::ALLOW, allowed.as_str()));
         }
         if let ApiError::RateLimited {
             retry_after,

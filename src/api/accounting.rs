@@ -6,35 +6,44 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::engine::{EngineError, GenerationEvent, TokenUsage};
+use crate::engine::{EngineError, InferenceEvent, TokenUsage};
 use crate::metering::UsageMeter;
 use crate::metrics::Metrics;
 use crate::ratelimit::Reservation;
 
-/// Records TTFT, inter-token latency, duration and how the generation ended.
+/// Records TTFT, inter-token latency, duration and how the generation ended
+/// (with several choices: when the last one ended, and why).
 pub struct Outcome {
     metrics: Arc<Metrics>,
     labels: [String; 2],
     started: Instant,
     last_text: Option<Instant>,
     ended: Option<&'static str>,
+    unfinished: usize,
 }
 
 impl Outcome {
-    pub fn new(metrics: Arc<Metrics>, tenant: &str, model: &str, started: Instant) -> Outcome {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        tenant: &str,
+        model: &str,
+        started: Instant,
+        choices: usize,
+    ) -> Outcome {
         Outcome {
             metrics,
             labels: [tenant.to_string(), model.to_string()],
             started,
             last_text: None,
             ended: None,
+            unfinished: choices,
         }
     }
 
-    pub fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
+    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>) {
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         match event {
-            Ok(GenerationEvent::Delta { text, .. }) if !text.is_empty() => {
+            Ok(InferenceEvent::Delta { text, .. }) if !text.is_empty() => {
                 let now = Instant::now();
                 match self.last_text {
                     None => self
@@ -50,7 +59,11 @@ impl Outcome {
                 }
                 self.last_text = Some(now);
             }
-            Ok(GenerationEvent::Finished { reason, .. }) => {
+            Ok(InferenceEvent::Finished { reason, .. }) => {
+                self.unfinished = self.unfinished.saturating_sub(1);
+                if self.unfinished > 0 {
+                    return;
+                }
                 self.ended = Some(reason.as_str());
                 self.metrics
                     .generation_duration
@@ -85,10 +98,13 @@ pub struct Settlement {
     tenant: String,
     model: String,
     prompt_tokens: u64,
-    /// Completion tokens so far, kept by the engine; `None` until generating.
-    progress: Option<Arc<AtomicU64>>,
-    /// The engine's final count, when it gave one.
-    final_usage: Option<TokenUsage>,
+    /// Completion tokens so far, kept by the engine (one counter per
+    /// generation); `None` until generating.
+    progress: Option<Vec<Arc<AtomicU64>>>,
+    /// Choices not finished yet.
+    unfinished: usize,
+    /// The engine's final counts of the finished choices.
+    finished_usage: TokenUsage,
     /// Output goes to the client as it comes (a stream), not at the end.
     streamed: bool,
     output_sent: bool,
@@ -112,7 +128,8 @@ impl Settlement {
             model: model.to_string(),
             prompt_tokens: 0,
             progress: None,
-            final_usage: None,
+            unfinished: 1,
+            finished_usage: TokenUsage::default(),
             streamed,
             output_sent: false,
             failed: false,
@@ -125,18 +142,31 @@ impl Settlement {
         self.reservation.as_mut()
     }
 
-    pub fn generating(&mut self, prompt_tokens: usize, progress: Arc<AtomicU64>) {
+    /// The engine started `choices` answers, counting their tokens in
+    /// `progress`.
+    pub fn generating(
+        &mut self,
+        prompt_tokens: usize,
+        choices: usize,
+        progress: Vec<Arc<AtomicU64>>,
+    ) {
         self.prompt_tokens = prompt_tokens as u64;
+        self.unfinished = choices;
         self.progress = Some(progress);
     }
 
-    pub fn observe(&mut self, event: &Result<GenerationEvent, EngineError>) {
+    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>) {
         match event {
-            Ok(GenerationEvent::Finished { usage, .. }) => self.final_usage = Some(*usage),
-            Ok(GenerationEvent::Delta { text, .. }) if !text.is_empty() => {
+            Ok(InferenceEvent::Finished { usage, .. }) => {
+                self.unfinished = self.unfinished.saturating_sub(1);
+                // The prompt is paid once, whatever the number of choices.
+                self.finished_usage.prompt_tokens = usage.prompt_tokens;
+                self.finished_usage.completion_tokens += usage.completion_tokens;
+            }
+            Ok(InferenceEvent::Delta { text, .. }) if !text.is_empty() => {
                 self.output_sent |= self.streamed;
             }
-            Ok(GenerationEvent::ToolCall(_)) => self.output_sent |= self.streamed,
+            Ok(InferenceEvent::ToolCall(_)) => self.output_sent |= self.streamed,
             Err(_) => self.failed = true,
             Ok(_) => {}
         }
@@ -146,22 +176,32 @@ impl Settlement {
     fn charged(&self) -> bool {
         !self.failed || self.output_sent
     }
+
+    /// Prompt and completion tokens to charge, once generating: the
+    /// engine's counts when every choice finished, else the prompt and the
+    /// tokens sampled so far. A failure that reached the client as an
+    /// error only is a request of no tokens: counted, not charged.
+    fn used(&self) -> Option<(u64, u64)> {
+        let progress = self.progress.as_ref()?;
+        let usage = self.finished_usage;
+        Some(if !self.charged() {
+            (0, 0)
+        } else if self.unfinished == 0 {
+            (usage.prompt_tokens as u64, usage.completion_tokens as u64)
+        } else {
+            let sampled = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+            (self.prompt_tokens, sampled)
+        })
+    }
 }
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        let Some(progress) = &self.progress else {
+        let Some((prompt, completion)) = self.used() else {
             if let Some(reservation) = self.reservation.take() {
                 reservation.finish(0);
             }
             return;
-        };
-        // A failure that reached the client as an error only is metered as a
-        // request of no tokens: counted, not charged.
-        let (prompt, completion) = match self.final_usage {
-            _ if !self.charged() => (0, 0),
-            Some(usage) => (usage.prompt_tokens as u64, usage.completion_tokens as u64),
-            None => (self.prompt_tokens, progress.load(Ordering::Relaxed)),
         };
         if let Some(reservation) = self.reservation.take() {
             reservation.finish(prompt + completion);
@@ -185,37 +225,62 @@ mod tests {
     use super::*;
     use crate::engine::FinishReason;
 
-    fn settlement(streamed: bool, events: &[Result<GenerationEvent, EngineError>]) -> bool {
+    /// What a settlement of `choices` charges after `events`, with `sampled`
+    /// tokens counted by each generation.
+    fn charge(
+        streamed: bool,
+        choices: usize,
+        sampled: &[u64],
+        events: &[Result<InferenceEvent, EngineError>],
+    ) -> (bool, (u64, u64)) {
         let metrics = Arc::new(Metrics::new());
         let meter = Arc::new(UsageMeter::new(None, metrics.clone()));
         let mut settlement = Settlement::new(None, meter, metrics, "t", "m", streamed);
-        settlement.generating(7, Arc::new(AtomicU64::new(3)));
+        let progress = sampled.iter().map(|&n| Arc::new(AtomicU64::new(n)));
+        settlement.generating(7, choices, progress.collect());
         for event in events {
             settlement.observe(event);
         }
-        let charged = settlement.charged();
+        let outcome = (settlement.charged(), settlement.used().expect("generating"));
         // Dropping meters outside a runtime would panic on the spawn.
         settlement.progress = None;
-        charged
+        outcome
     }
 
-    fn text(t: &str) -> Result<GenerationEvent, EngineError> {
-        Ok(GenerationEvent::Delta {
-            text: t.into(),
-            logprobs: Vec::new(),
-        })
+    fn settlement(streamed: bool, events: &[Result<InferenceEvent, EngineError>]) -> bool {
+        charge(streamed, 1, &[3], events).0
     }
 
-    fn failure() -> Result<GenerationEvent, EngineError> {
+    fn finished(choice: usize, completion_tokens: usize) -> Result<InferenceEvent, EngineError> {
+        let usage = TokenUsage {
+            prompt_tokens: 7,
+            completion_tokens,
+        };
+        Ok(InferenceEvent::finished(FinishReason::Stop, usage).for_choice(choice))
+    }
+
+    #[test]
+    fn choices_pay_the_prompt_once_and_each_their_tokens() {
+        let both = [text("a"), finished(1, 4), finished(0, 5)];
+        assert_eq!(charge(false, 2, &[5, 4], &both).1, (7, 9));
+        // One choice still running when the client left: what was sampled.
+        assert_eq!(charge(true, 2, &[6, 4], &both[..2]).1, (7, 10));
+    }
+
+    fn text(t: &str) -> Result<InferenceEvent, EngineError> {
+        Ok(InferenceEvent::text(t.into(), Vec::new()))
+    }
+
+    fn failure() -> Result<InferenceEvent, EngineError> {
         Err(EngineError::Internal("boom".into()))
     }
 
     #[test]
     fn a_failure_that_delivered_nothing_is_not_charged() {
-        let finished = Ok(GenerationEvent::Finished {
-            reason: FinishReason::Stop,
-            usage: TokenUsage::default(),
-        });
+        let finished = Ok(InferenceEvent::finished(
+            FinishReason::Stop,
+            TokenUsage::default(),
+        ));
         assert!(settlement(false, &[text("a"), finished]));
         assert!(!settlement(false, &[failure()]));
         // A non-streamed answer that fails is a 500: its text never left.

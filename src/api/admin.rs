@@ -10,7 +10,7 @@ use crate::metering::UsageReport;
 /// A tenant's usage per model: the last hour and today (UTC).
 #[utoipa::path(
     get,
-    path = "/admin/v1/tenants/{tenant}/usage",
+    path = crate::api::routes::TENANT_USAGE,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id from the configuration.")),
     security(("bearer" = [])),

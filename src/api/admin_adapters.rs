@@ -101,7 +101,7 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
 /// Uploads an adapter (or a new generation of one) for a tenant.
 #[utoipa::path(
     post,
-    path = "/admin/v1/tenants/{tenant}/adapters",
+    path = crate::api::routes::ADAPTERS,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id.")),
     request_body(content = AdapterUpload, content_type = "multipart/form-data"),
@@ -200,7 +200,7 @@ async fn prepare(
 /// Lists a tenant's adapters (their current generations).
 #[utoipa::path(
     get,
-    path = "/admin/v1/tenants/{tenant}/adapters",
+    path = crate::api::routes::ADAPTERS,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id.")),
     security(("bearer" = [])),
@@ -232,7 +232,7 @@ pub async fn list(
 /// Describes one adapter: config, size, sha256, generation, residency.
 #[utoipa::path(
     get,
-    path = "/admin/v1/tenants/{tenant}/adapters/{name}",
+    path = crate::api::routes::ADAPTER,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
     security(("bearer" = [])),
@@ -262,7 +262,7 @@ pub async fn get(
 /// Deletes an adapter and all its generations.
 #[utoipa::path(
     delete,
-    path = "/admin/v1/tenants/{tenant}/adapters/{name}",
+    path = crate::api::routes::ADAPTER,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
     security(("bearer" = [])),
@@ -301,7 +301,7 @@ pub async fn delete(
 /// Makes the previous generation current again and discards the newer one.
 #[utoipa::path(
     post,
-    path = "/admin/v1/tenants/{tenant}/adapters/{name}/rollback",
+    path = crate::api::routes::ADAPTER_ROLLBACK,
     tag = "admin",
     params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
     security(("bearer" = [])),

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorResponse};
 /// Creates a chat completion, as one JSON body or as server-sent events.
 #[utoipa::path(
     post,
-    path = "/v1/chat/completions",
+    path = crate::api::routes::CHAT_COMPLETIONS,
     tag = "chat",
     request_body = ChatCompletionRequest,
     security(("bearer" = [])),
@@ -28,15 +28,8 @@ use crate::error::{ApiError, ErrorResponse};
                 (ChatStreamEvent = "text/event-stream"),
             )),
         crate::api::openapi::TenantAuthErrors,
-        (status = 429, description = "A tenant limit is exhausted (`rate_limit_exceeded`); see `Retry-After` and `x-ratelimit-*`.", body = ErrorResponse),
+        crate::api::openapi::InferenceErrors,
         (status = 400, description = "Invalid parameter, or prompt plus `max_tokens` over the context (`context_length_exceeded`).", body = ErrorResponse),
-        (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
-        (status = 413, description = "Body over the configured size cap.", body = ErrorResponse),
-        (status = 415, description = "The body is not declared as JSON (`unsupported_media_type`).", body = ErrorResponse),
-        (status = 500, description = "Engine failure; the message carries a reference, never internals.", body = ErrorResponse),
-        (status = 502, description = "With `[upstream]`: a replica failed, answered nonsense or could not be reached (`upstream_error`).", body = ErrorResponse),
-        (status = 503, description = "At capacity or still loading; see `Retry-After`.", body = ErrorResponse),
-        (status = 504, description = "With `[upstream]`: a replica did not answer in time (`upstream_timeout`).", body = ErrorResponse),
     )
 )]
 pub async fn create_chat_completion(
@@ -50,17 +43,17 @@ pub async fn create_chat_completion(
     let peer = PeerSocket::of(&request);
     // A stream's client can stop reading; its connection is shut then.
     let connection = peer.filter(|_| stream).and_then(PeerSocket::duplicate);
-    let generation = tokio::select! {
+    let running = tokio::select! {
         started = completion::start(&state, &caller.0, chat, connection) => started?,
         () = client_gone(peer) => return Err(ApiError::ClientClosed),
     };
-    let rate_headers = generation.rate.headers();
+    let rate_headers = running.rate.headers();
     let mut response = if stream {
         // A streaming body notices a departed client on its next write.
-        sse::respond(generation)
+        sse::respond(running)
     } else {
         tokio::select! {
-            completion = generation.collect() => HttpResponse::Ok().json(completion?),
+            completion = running.collect() => HttpResponse::Ok().json(completion?),
             // Dropping the generation here cancels it in the engine.
             () = client_gone(peer) => return Err(ApiError::ClientClosed),
         }

@@ -12,6 +12,7 @@
 //! From the first event on, [`delivery`](crate::api::delivery) drains the
 //! engine whatever the client does.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::clock::unix_now_secs;
@@ -32,7 +33,7 @@ use crate::app::AppState;
 use crate::auth::Tenant;
 use crate::engine::admission::{AdmissionError, Claim};
 use crate::engine::{
-    AdmissionPermit, EngineError, FinishReason, GenerationEvent, GenerationStream, TokenLogprob,
+    AdmissionPermit, EngineError, FinishReason, InferenceEvent, InferenceStream, TokenLogprob,
     TokenUsage,
 };
 use crate::error::ApiError;
@@ -40,7 +41,7 @@ use crate::ratelimit::{Decision, LimitKind, RateSnapshot, TopUp};
 
 /// A generation that has produced its first event: from here on, failures
 /// are reported inside the answer rather than as an HTTP status.
-pub struct Generation {
+pub struct RunningCompletion {
     pub id: String,
     pub created: u64,
     /// The name the client asked for, echoed back in every answer.
@@ -50,26 +51,33 @@ pub struct Generation {
     pub rate: RateSnapshot,
     /// The answer carries log probabilities.
     pub logprobs: bool,
-    first: Option<Result<GenerationEvent, EngineError>>,
+    /// Answers to the prompt (`n`), numbered from 0.
+    pub choices: usize,
+    first: Option<Result<InferenceEvent, EngineError>>,
     events: ClientSide,
-    /// Reads function calls out of the generated text.
-    decoder: OutputDecoder,
-    /// The engine's finish, held while the decoder's last pieces go out.
-    finished: Option<(FinishReason, TokenUsage)>,
+    /// Read function calls out of each choice's text.
+    decoders: Vec<OutputDecoder>,
+    /// Outputs decided and not yet taken: a choice's last pieces and its
+    /// end, then, after the last choice, the usage.
+    pending: VecDeque<Output>,
+    unfinished: usize,
+    /// The finished choices' usage: the prompt once, every completion.
+    usage: TokenUsage,
 }
 
 /// The answer as the client sees it, piece by piece.
 pub enum Output {
-    /// Content and calls, with the log probabilities of the tokens behind
-    /// them when they were asked for.
+    /// Content and calls of one choice, with the log probabilities of the
+    /// tokens behind them when they were asked for.
     Pieces {
+        choice: usize,
         pieces: Vec<Piece>,
         logprobs: Vec<TokenLogprob>,
     },
-    Finished {
-        reason: FinishReason,
-        usage: TokenUsage,
-    },
+    /// One choice has ended.
+    ChoiceFinished { choice: usize, reason: FinishReason },
+    /// Every choice has ended: the last output.
+    Finished { usage: TokenUsage },
 }
 
 fn rate_limited(
@@ -186,7 +194,7 @@ pub async fn start(
     tenant: &Tenant,
     mut chat: ValidatedChat,
     peer: Option<socket2::Socket>,
-) -> Result<Generation, ApiError> {
+) -> Result<RunningCompletion, ApiError> {
     let engine = state.engine()?;
     let resolved = routing::resolve(state, &engine, tenant, &chat.model)?;
     let card = &resolved.card;
@@ -221,7 +229,10 @@ pub async fn start(
     let model = chat.model.clone();
     let include_usage = chat.include_usage;
     let logprobs = chat.wants_logprobs();
-    let decoder = OutputDecoder::new(chat.output_mode());
+    let choices = chat.choices();
+    let decoders = (0..choices)
+        .map(|_| OutputDecoder::new(chat.output_mode()))
+        .collect();
     let mut request = chat.into_generation(card, prompt_tokens, state.default_max_tokens)?;
     request.prompt_ids = prompt.ids;
     request.claim = claim_of(tenant);
@@ -247,33 +258,82 @@ pub async fn start(
     let routed = resolved.load(state, &engine).await?;
     request.model = routed.engine_model;
     let started = Instant::now();
-    let (events, progress) = generate_retrying_once(state, &engine, request).await?;
-    settlement.generating(prompt_tokens, progress);
-    let outcome = Outcome::new(state.metrics.clone(), &tenant.id, &resolved.label, started);
+    let (events, progress) = if resolved.card.is_remote() {
+        let (events, progress) = generate_retrying_once(state, &engine, request).await?;
+        (events, vec![progress])
+    } else {
+        generate_choices(state, &engine, request).await?
+    };
+    settlement.generating(prompt_tokens, choices, progress);
+    let outcome = Outcome::new(
+        state.metrics.clone(),
+        &tenant.id,
+        &resolved.label,
+        started,
+        choices,
+    );
     let engine_side = EngineSide {
         events,
         outcome,
         settlement,
         permit,
         lease: routed.lease,
+        choices,
     };
     let mut events = delivery::start(engine_side, state.write_idle_timeout, peer);
     let first = events.next().await;
     if let Some(Err(error)) = first {
         return Err(error.into());
     }
-    Ok(Generation {
+    Ok(RunningCompletion {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: unix_now_secs(),
         model,
         include_usage,
         rate,
         logprobs,
+        choices,
         first,
         events,
-        decoder,
-        finished: None,
+        decoders,
+        pending: VecDeque::new(),
+        unfinished: choices,
+        usage: TokenUsage::default(),
     })
+}
+
+/// Starts one in-process generation per choice (an in-process engine
+/// answers one) and merges their events, each numbered by its choice. A
+/// seeded request seeds choice `i` with `seed + i`, so the choices differ
+/// and stay reproducible.
+async fn generate_choices(
+    state: &AppState,
+    engine: &std::sync::Arc<dyn crate::engine::Engine>,
+    mut request: crate::engine::InferenceRequest,
+) -> Result<
+    (
+        crate::engine::EventStream,
+        Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ),
+    ApiError,
+> {
+    let choices = std::mem::replace(&mut request.choices, 1);
+    let mut streams = Vec::with_capacity(choices);
+    let mut progress = Vec::with_capacity(choices);
+    for choice in 0..choices {
+        let mut one = request.clone();
+        one.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        // A failure drops the choices already started, which cancels them.
+        let (events, counted) = generate_retrying_once(state, engine, one).await?;
+        streams.push(events.map(move |event| event.map(|e| e.for_choice(choice))));
+        progress.push(counted);
+    }
+    let events = match streams.len() {
+        1 => streams.pop().map(StreamExt::boxed),
+        _ => Some(futures_util::stream::select_all(streams).boxed()),
+    };
+    let events = events.ok_or_else(|| ApiError::engine("no choice was started"))?;
+    Ok((events, progress))
 }
 
 /// Starts the generation and waits for its first event. An engine failure
@@ -284,7 +344,7 @@ pub async fn start(
 async fn generate_retrying_once(
     state: &AppState,
     engine: &std::sync::Arc<dyn crate::engine::Engine>,
-    request: crate::engine::GenerationRequest,
+    request: crate::engine::InferenceRequest,
 ) -> Result<
     (
         crate::engine::EventStream,
@@ -295,7 +355,7 @@ async fn generate_retrying_once(
     let mut retried = false;
     loop {
         let (first, started) = match engine.generate(request.clone()).await {
-            Ok(GenerationStream {
+            Ok(InferenceStream {
                 mut events,
                 progress,
             }) => (events.next().await, Some((events, progress))),
@@ -322,9 +382,9 @@ async fn generate_retrying_once(
     }
 }
 
-impl Generation {
+impl RunningCompletion {
     /// The next engine event, or `None` once the stream is exhausted.
-    pub async fn next_event(&mut self) -> Option<Result<GenerationEvent, EngineError>> {
+    pub async fn next_event(&mut self) -> Option<Result<InferenceEvent, EngineError>> {
         match self.first.take() {
             Some(first) => Some(first),
             None => self.events.next().await,
@@ -333,76 +393,91 @@ impl Generation {
 
     /// The next piece of the answer, or `None` once it has ended.
     pub async fn next_output(&mut self) -> Option<Result<Output, EngineError>> {
-        if let Some((reason, usage)) = self.finished.take() {
-            return Some(Ok(Output::Finished { reason, usage }));
+        if let Some(output) = self.pending.pop_front() {
+            return Some(Ok(output));
         }
-        let pieces = match self.next_event().await? {
-            Ok(GenerationEvent::Delta { text, logprobs }) => {
-                let pieces = self.decoder.push(&text);
-                return Some(Ok(Output::Pieces { pieces, logprobs }));
-            }
-            Ok(GenerationEvent::ToolCall(delta)) => self.decoder.remote_call(delta),
-            Ok(GenerationEvent::Finished { reason, usage }) => {
-                let tail = self.decoder.finish();
-                let reason = match reason {
-                    FinishReason::Stop if self.decoder.called() => FinishReason::ToolCalls,
-                    other => other,
-                };
-                if tail.is_empty() {
-                    return Some(Ok(Output::Finished { reason, usage }));
-                }
-                self.finished = Some((reason, usage));
-                tail
-            }
+        let event = match self.next_event().await? {
+            Ok(event) => event,
             Err(error) => return Some(Err(error)),
         };
-        Some(Ok(Output::Pieces {
-            pieces,
-            logprobs: Vec::new(),
-        }))
+        let choice = event.choice();
+        let Some(decoder) = self.decoders.get_mut(choice) else {
+            return Some(Err(EngineError::Internal(format!(
+                "the engine answered choice {choice} of {}",
+                self.choices
+            ))));
+        };
+        let output = match event {
+            InferenceEvent::Delta { text, logprobs, .. } => Output::Pieces {
+                choice,
+                pieces: decoder.push(&text),
+                logprobs,
+            },
+            InferenceEvent::ToolCall(delta) => Output::Pieces {
+                choice,
+                pieces: decoder.remote_call(delta),
+                logprobs: Vec::new(),
+            },
+            InferenceEvent::Finished { reason, usage, .. } => {
+                let tail = decoder.finish();
+                let reason = match reason {
+                    FinishReason::Stop if decoder.called() => FinishReason::ToolCalls,
+                    other => other,
+                };
+                self.unfinished = self.unfinished.saturating_sub(1);
+                self.usage.prompt_tokens = usage.prompt_tokens;
+                self.usage.completion_tokens += usage.completion_tokens;
+                if !tail.is_empty() {
+                    self.pending.push_back(Output::Pieces {
+                        choice,
+                        pieces: tail,
+                        logprobs: Vec::new(),
+                    });
+                }
+                self.pending
+                    .push_back(Output::ChoiceFinished { choice, reason });
+                if self.unfinished == 0 {
+                    self.pending
+                        .push_back(Output::Finished { usage: self.usage });
+                }
+                self.pending.pop_front()?
+            }
+        };
+        Some(Ok(output))
     }
 
     /// Runs the generation to its end and builds the JSON answer.
     pub async fn collect(mut self) -> Result<ChatCompletion, ApiError> {
-        let mut content = String::new();
-        let mut calls: Vec<ToolCall> = Vec::new();
-        let mut logprobs = ChoiceLogprobs::default();
+        let mut answers: Vec<ChoiceBuilder> =
+            (0..self.choices).map(|_| Default::default()).collect();
         loop {
             match self.next_output().await {
                 Some(Ok(Output::Pieces {
+                    choice,
                     pieces,
-                    logprobs: entries,
+                    logprobs,
                 })) => {
+                    let answer = &mut answers[choice];
                     for piece in pieces {
-                        add_piece(&mut content, &mut calls, piece);
+                        add_piece(&mut answer.content, &mut answer.calls, piece);
                     }
-                    logprobs
-                        .content
-                        .extend(entries.iter().map(TokenLogprobEntry::from));
+                    let entries = logprobs.iter().map(TokenLogprobEntry::from);
+                    answer.logprobs.content.extend(entries);
                 }
-                Some(Ok(Output::Finished { reason, usage })) => {
-                    let (content, tool_calls) = if calls.is_empty() {
-                        (Some(content), None)
-                    } else {
-                        ((!content.is_empty()).then_some(content), Some(calls))
-                    };
+                Some(Ok(Output::ChoiceFinished { choice, reason })) => {
+                    answers[choice].reason = Some(reason);
+                }
+                Some(Ok(Output::Finished { usage })) => {
+                    let choices = answers.into_iter().enumerate();
                     return Ok(ChatCompletion {
                         id: self.id.clone(),
                         object: "chat.completion",
                         created: self.created,
                         model: self.model.clone(),
                         system_fingerprint: None,
-                        choices: vec![ChatChoice {
-                            index: 0,
-                            message: AssistantMessage {
-                                role: "assistant",
-                                content,
-                                refusal: None,
-                                tool_calls,
-                            },
-                            logprobs: self.logprobs.then_some(logprobs),
-                            finish_reason: reason.as_str().to_string(),
-                        }],
+                        choices: choices
+                            .map(|(index, answer)| answer.build(index, self.logprobs))
+                            .collect(),
                         usage: usage_of(usage),
                     });
                 }
@@ -422,6 +497,7 @@ impl Generation {
 
     pub fn chunk(
         &self,
+        choice: usize,
         delta: ChunkDelta,
         logprobs: Option<ChoiceLogprobs>,
         finish: Option<FinishReason>,
@@ -433,7 +509,7 @@ impl Generation {
             model: self.model.clone(),
             system_fingerprint: None,
             choices: vec![ChunkChoice {
-                index: 0,
+                index: choice,
                 delta,
                 logprobs,
                 finish_reason: finish.map(|reason| reason.as_str().to_string()),
@@ -455,6 +531,43 @@ impl Generation {
             system_fingerprint: None,
             choices: Vec::new(),
             usage: UsageField::Final(usage_of(usage)),
+        }
+    }
+}
+
+/// One choice of a whole answer, as its pieces arrive.
+#[derive(Default)]
+struct ChoiceBuilder {
+    content: String,
+    calls: Vec<ToolCall>,
+    logprobs: ChoiceLogprobs,
+    reason: Option<FinishReason>,
+}
+
+impl ChoiceBuilder {
+    fn build(self, index: usize, logprobs: bool) -> ChatChoice {
+        let (content, tool_calls) = if self.calls.is_empty() {
+            (Some(self.content), None)
+        } else {
+            (
+                (!self.content.is_empty()).then_some(self.content),
+                Some(self.calls),
+            )
+        };
+        ChatChoice {
+            index,
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+                refusal: None,
+                tool_calls,
+            },
+            logprobs: logprobs.then_some(self.logprobs),
+            finish_reason: self
+                .reason
+                .unwrap_or(FinishReason::Stop)
+                .as_str()
+                .to_string(),
         }
     }
 }

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::adapters::AdapterLease;
 use crate::api::accounting::{Outcome, Settlement};
-use crate::engine::{AdmissionPermit, EngineError, EventStream, GenerationEvent};
+use crate::engine::{AdmissionPermit, EngineError, EventStream, InferenceEvent};
 
-pub type Event = Result<GenerationEvent, EngineError>;
+pub type Event = Result<InferenceEvent, EngineError>;
 
 /// How far the client is behind the engine, shared by both ends.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub struct EngineSide {
     pub settlement: Settlement,
     pub permit: AdmissionPermit,
     pub lease: Option<AdapterLease>,
+    /// Choices the engine answers; it is done after as many `Finished`.
+    pub choices: usize,
 }
 
 /// The client's end: events in engine order. Dropping it cancels the
@@ -174,6 +176,7 @@ async fn generate(
     ticks: &mut tokio::time::Interval,
     write_idle_timeout: Duration,
 ) -> bool {
+    let mut unfinished = engine.choices;
     loop {
         tokio::select! {
             event = engine.events.next() => {
@@ -183,7 +186,10 @@ async fn generate(
                 };
                 engine.outcome.observe(&event);
                 engine.settlement.observe(&event);
-                let last = matches!(event, Ok(GenerationEvent::Finished { .. }) | Err(_));
+                if matches!(event, Ok(InferenceEvent::Finished { .. })) {
+                    unfinished = unfinished.saturating_sub(1);
+                }
+                let last = unfinished == 0 || event.is_err();
                 backlog.sent();
                 if sender.send(event).is_err() {
                     return false;

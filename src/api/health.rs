@@ -12,7 +12,7 @@ use crate::config::KeyHash;
 use crate::error::{ApiError, ErrorResponse};
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = HealthStatus)))]
+#[utoipa::path(get, path = crate::api::routes::HEALTH, tag = "operations", responses((status = 200, body = HealthStatus)))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(HealthStatus { status: "ok" })
 }
@@ -20,7 +20,7 @@ pub async fn health() -> HttpResponse {
 /// Readiness: the model is loaded and accepting requests.
 #[utoipa::path(
     get,
-    path = "/ready",
+    path = crate::api::routes::READY,
     tag = "operations",
     responses(
         (status = 200, body = HealthStatus),
@@ -69,7 +69,7 @@ impl MetricsAccess {
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(
     get,
-    path = "/metrics",
+    path = crate::api::routes::METRICS,
     tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format.", content_type = "text/plain", body = String),

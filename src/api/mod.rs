@@ -12,6 +12,7 @@ pub mod health;
 pub mod models;
 pub mod openapi;
 pub mod responses;
+pub mod routes;
 pub mod routing;
 pub mod sse;
 pub mod tools;

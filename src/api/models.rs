@@ -34,7 +34,7 @@ fn model_object(card: ModelCard) -> ModelObject {
 /// Lists the models this gateway serves.
 #[utoipa::path(
     get,
-    path = "/v1/models",
+    path = crate::api::routes::MODELS,
     tag = "models",
     security(("bearer" = [])),
     responses(
@@ -80,7 +80,7 @@ pub async fn list_models(
 /// Describes one model.
 #[utoipa::path(
     get,
-    path = "/v1/models/{model}",
+    path = crate::api::routes::MODEL,
     tag = "models",
     params(("model" = String, Path, description = "Model id as listed by `GET /v1/models`.")),
     security(("bearer" = [])),

@@ -81,6 +81,37 @@ pub enum AdminAuthErrors {
     Forbidden(ErrorResponse),
 }
 
+/// The refusals every inference route (chat, responses) shares past
+/// authentication and its own validation (400), declared once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum InferenceErrors {
+    /// A tenant limit is exhausted (`rate_limit_exceeded`); see `Retry-After` and `x-ratelimit-*`.
+    #[response(status = 429)]
+    RateLimited(ErrorResponse),
+    /// Unknown model (`model_not_found`).
+    #[response(status = 404)]
+    UnknownModel(ErrorResponse),
+    /// Body over the configured size cap.
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
+    /// The body is not declared as JSON (`unsupported_media_type`).
+    #[response(status = 415)]
+    NotJson(ErrorResponse),
+    /// Engine failure; the message carries a reference, never internals.
+    #[response(status = 500)]
+    Engine(ErrorResponse),
+    /// With `[upstream]`: a replica failed, answered nonsense or could not be reached (`upstream_error`).
+    #[response(status = 502)]
+    Upstream(ErrorResponse),
+    /// At capacity or still loading; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
+    /// With `[upstream]`: a replica did not answer in time (`upstream_timeout`).
+    #[response(status = 504)]
+    UpstreamTimeout(ErrorResponse),
+}
+
 /// Declares the `bearer` scheme the routes' `security` refers to.
 struct BearerAuth;
 
@@ -109,7 +140,7 @@ pub fn spec_json() -> String {
     json
 }
 
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This OpenAPI document.", content_type = "application/json", body = Object)))]
+#[utoipa::path(get, path = crate::api::routes::OPENAPI_JSON, tag = "operations", responses((status = 200, description = "This OpenAPI document.", content_type = "application/json", body = Object)))]
 pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -147,7 +178,7 @@ fn operation_html(method: &str, path: &str, operation: &Operation) -> String {
     )
 }
 
-#[utoipa::path(get, path = "/docs", tag = "operations", responses((status = 200, description = "Human-readable API reference.", content_type = "text/html", body = String)))]
+#[utoipa::path(get, path = crate::api::routes::DOCS, tag = "operations", responses((status = 200, description = "Human-readable API reference.", content_type = "text/html", body = String)))]
 pub async fn docs() -> HttpResponse {
     let spec = ApiDoc::openapi();
     let mut sections = String::new();

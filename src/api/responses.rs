@@ -38,7 +38,7 @@ use crate::error::{ApiError, ErrorResponse};
 /// Creates a model response, as one JSON body or as typed server-sent events.
 #[utoipa::path(
     post,
-    path = "/v1/responses",
+    path = crate::api::routes::RESPONSES,
     tag = "responses",
     request_body = CreateResponseRequest,
     security(("bearer" = [])),
@@ -49,15 +49,8 @@ use crate::error::{ApiError, ErrorResponse};
                 (ResponseStreamEvent = "text/event-stream"),
             )),
         crate::api::openapi::TenantAuthErrors,
-        (status = 429, description = "A tenant limit is exhausted (`rate_limit_exceeded`); see `Retry-After` and `x-ratelimit-*`.", body = ErrorResponse),
+        crate::api::openapi::InferenceErrors,
         (status = 400, description = "Invalid parameter; `store: true` or `previous_response_id` (nothing is stored); input over the context (`context_length_exceeded`).", body = ErrorResponse),
-        (status = 404, description = "Unknown model (`model_not_found`).", body = ErrorResponse),
-        (status = 413, description = "Body over the configured size cap.", body = ErrorResponse),
-        (status = 415, description = "The body is not declared as JSON (`unsupported_media_type`).", body = ErrorResponse),
-        (status = 500, description = "Engine failure; the message carries a reference, never internals.", body = ErrorResponse),
-        (status = 502, description = "With `[upstream]`: a replica failed (`upstream_error`).", body = ErrorResponse),
-        (status = 503, description = "At capacity or still loading; see `Retry-After`.", body = ErrorResponse),
-        (status = 504, description = "With `[upstream]`: a replica did not answer in time (`upstream_timeout`).", body = ErrorResponse),
     )
 )]
 pub async fn create_response(
@@ -71,17 +64,17 @@ pub async fn create_response(
     let streamed = chat.stream;
     let peer = PeerSocket::of(&request);
     let connection = peer.filter(|_| streamed).and_then(PeerSocket::duplicate);
-    let generation = tokio::select! {
+    let running = tokio::select! {
         started = completion::start(&state, &caller.0, chat, connection) => started?,
         () = client_gone(peer) => return Err(ApiError::ClientClosed),
     };
-    let rate_headers = generation.rate.headers();
-    let shell = echo.shell(&generation.id, generation.created, &generation.model);
+    let rate_headers = running.rate.headers();
+    let shell = echo.shell(&running.id, running.created, &running.model);
     let mut response = if streamed {
-        stream::respond(generation, shell)
+        stream::respond(running, shell)
     } else {
         tokio::select! {
-            completion = generation.collect() => HttpResponse::Ok().json(finish(shell, completion?)),
+            completion = running.collect() => HttpResponse::Ok().json(finish(shell, completion?)),
             () = client_gone(peer) => return Err(ApiError::ClientClosed),
         }
     };

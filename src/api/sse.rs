@@ -1,5 +1,6 @@
-//! Server-sent events in OpenAI's shape: a role chunk, content chunks, a
-//! finishing chunk, the usage chunk when asked for, then `data: [DONE]`.
+//! Server-sent events in OpenAI's shape: a role chunk per choice, content
+//! chunks, a finishing chunk per choice, the usage chunk when asked for,
+//! then `data: [DONE]`.
 //! An error after the stream began is sent as an error event before `[DONE]`.
 
 use actix_web::HttpResponse;
@@ -7,7 +8,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use serde::Serialize;
 
-use crate::api::completion::{Generation, Output};
+use crate::api::completion::{Output, RunningCompletion};
 use crate::api::tools::decode::Piece;
 use crate::api::tools::wire::{FunctionCallChunk, ToolCallChunk, ToolKind};
 use crate::api::wire::ChunkDelta;
@@ -25,30 +26,35 @@ pub fn frame<T: Serialize>(payload: &T) -> Bytes {
 
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
-pub fn respond(mut generation: Generation) -> HttpResponse {
+pub fn respond(mut running: RunningCompletion) -> HttpResponse {
     let body = async_stream::stream! {
-        yield Ok::<_, actix_web::Error>(frame(&generation.chunk(
-            ChunkDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
-            generation.chunk_logprobs(&[]),
-            None,
-        )));
+        for choice in 0..running.choices {
+            yield Ok::<_, actix_web::Error>(frame(&running.chunk(
+                choice,
+                ChunkDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
+                running.chunk_logprobs(&[]),
+                None,
+            )));
+        }
         loop {
-            match generation.next_output().await {
-                Some(Ok(Output::Pieces { pieces, logprobs })) => {
+            match running.next_output().await {
+                Some(Ok(Output::Pieces { choice, pieces, logprobs })) => {
                     let mut logprobs = Some(logprobs).filter(|l| !l.is_empty());
                     if pieces.is_empty() && let Some(entries) = logprobs.take() {
-                        let logprobs = generation.chunk_logprobs(&entries);
-                        yield Ok(frame(&generation.chunk(ChunkDelta { content: Some(String::new()), ..ChunkDelta::default() }, logprobs, None)));
+                        let logprobs = running.chunk_logprobs(&entries);
+                        yield Ok(frame(&running.chunk(choice, ChunkDelta { content: Some(String::new()), ..ChunkDelta::default() }, logprobs, None)));
                     }
                     for piece in pieces {
-                        let logprobs = generation.chunk_logprobs(&logprobs.take().unwrap_or_default());
-                        yield Ok(frame(&generation.chunk(delta_of(piece), logprobs, None)));
+                        let logprobs = running.chunk_logprobs(&logprobs.take().unwrap_or_default());
+                        yield Ok(frame(&running.chunk(choice, delta_of(piece), logprobs, None)));
                     }
                 }
-                Some(Ok(Output::Finished { reason, usage })) => {
-                    yield Ok(frame(&generation.chunk(ChunkDelta::default(), None, Some(reason))));
-                    if generation.include_usage {
-                        yield Ok(frame(&generation.usage_chunk(usage)));
+                Some(Ok(Output::ChoiceFinished { choice, reason })) => {
+                    yield Ok(frame(&running.chunk(choice, ChunkDelta::default(), None, Some(reason))));
+                }
+                Some(Ok(Output::Finished { usage })) => {
+                    if running.include_usage {
+                        yield Ok(frame(&running.usage_chunk(usage)));
                     }
                     break;
                 }

@@ -1,4 +1,4 @@
-//! Turning an OpenAI chat request into a [`GenerationRequest`]: every bound is
+//! Turning an OpenAI chat request into a [`InferenceRequest`]: every bound is
 //! checked here, with messages that name the parameter and its limits, before
 //! anything reaches the engine.
 
@@ -12,8 +12,7 @@ use crate::api::wire::{
     ResponseFormatKind, StopSequences,
 };
 use crate::engine::{
-    GenerationRequest, ModelCard, OutputConstraint, PromptMessage, PromptToolCall, Role, Sampling,
-    ToolSupport,
+    InferenceRequest, ModelCard, OutputConstraint, PromptMessage, PromptToolCall, Role, Sampling,
 };
 use crate::error::ApiError;
 use crate::prompt::PromptSize;
@@ -25,6 +24,14 @@ pub const MAX_STOP_SEQUENCES: usize = 4;
 /// every stop sequence (by the gateway, and by engines that also check), so
 /// their length is work per token; real stop sequences are a few words.
 pub const MAX_STOP_BYTES: usize = 256;
+
+/// OpenAI's own bound on `n`; a replica is asked for up to this many.
+pub const MAX_CHOICES: usize = 128;
+
+/// Most choices an in-process engine runs for one request: each is a whole
+/// sequence in the batch, held by one admission slot, so `n` multiplies
+/// what one request costs the tenants it shares the engine with.
+pub const MAX_IN_PROCESS_CHOICES: usize = 8;
 
 /// A chat request whose fields are all within bounds; the prompt's length is
 /// not known yet.
@@ -43,6 +50,8 @@ pub struct ValidatedChat {
     template_tools: Option<Arc<Vec<serde_json::Value>>>,
     output: OutputMode,
     passthrough: serde_json::Map<String, serde_json::Value>,
+    /// Answers wanted (`n`).
+    choices: usize,
 }
 
 fn in_range(param: &str, value: Option<f64>, low: f64, high: f64) -> Result<Option<f64>, ApiError> {
@@ -233,15 +242,16 @@ impl ValidatedChat {
         let presence_penalty = in_range("presence_penalty", request.presence_penalty, -2.0, 2.0)?;
         let frequency_penalty =
             in_range("frequency_penalty", request.frequency_penalty, -2.0, 2.0)?;
-        match request.n {
-            None | Some(1) => {}
+        let choices = match request.n {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
             Some(n) => {
                 return Err(ApiError::invalid(
                     "n",
-                    format!("{n} is not a supported `n`: this gateway returns exactly 1 choice."),
+                    format!("{n} is not a valid `n`: it must be between 1 and {MAX_CHOICES}."),
                 ));
             }
-        }
+        };
         let logprobs = request.logprobs.unwrap_or(false);
         let top_logprobs = match request.top_logprobs {
             None => 0,
@@ -301,6 +311,7 @@ impl ValidatedChat {
             template_tools: None,
             output: OutputMode::Text,
             passthrough: serde_json::Map::new(),
+            choices,
         })
     }
 
@@ -308,6 +319,15 @@ impl ValidatedChat {
     /// (see [`tools`]): the prompt's final messages, the grammar of a
     /// forced call, and how the answer is read. Before anything is measured.
     pub fn fit_model(&mut self, card: &ModelCard) -> Result<(), ApiError> {
+        if self.choices > MAX_IN_PROCESS_CHOICES && !card.is_remote() {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "{} is too many choices for `{}`: its engine runs at most {MAX_IN_PROCESS_CHOICES} per request.",
+                    self.choices, card.id
+                ),
+            ));
+        }
         let response_format = self.constraint != OutputConstraint::None;
         let plan = tools::plan(self.tools.as_ref(), card.tools, response_format)?;
         if plan.flatten_history {
@@ -371,7 +391,8 @@ impl ValidatedChat {
     }
 
     /// Tokens the request takes from its tenant's budget: the prompt plus
-    /// the completion budget (the rest of the context when none was set).
+    /// the completion budget (the rest of the context when none was set)
+    /// of every choice.
     /// Growing with `prompt_tokens`, so a lower bound on the prompt gives a
     /// lower bound on the reservation.
     pub fn wanted_tokens(
@@ -381,7 +402,12 @@ impl ValidatedChat {
         default_max_tokens: Option<usize>,
     ) -> u64 {
         let completion = self.completion_budget(card, prompt_tokens, default_max_tokens);
-        (prompt_tokens + completion) as u64
+        (prompt_tokens + completion * self.choices) as u64
+    }
+
+    /// Answers wanted (`n`).
+    pub fn choices(&self) -> usize {
+        self.choices
     }
 
     fn completion_budget(
@@ -409,7 +435,7 @@ impl ValidatedChat {
         card: &ModelCard,
         prompt_tokens: usize,
         default_max_tokens: Option<usize>,
-    ) -> Result<GenerationRequest, ApiError> {
+    ) -> Result<InferenceRequest, ApiError> {
         if let Some(token) = self
             .sampling
             .logit_bias
@@ -424,7 +450,7 @@ impl ValidatedChat {
                 ),
             ));
         }
-        if self.sampling.logprobs && !card.logprobs && card.tools != ToolSupport::PassThrough {
+        if self.sampling.logprobs && !card.logprobs && !card.is_remote() {
             return Err(ApiError::invalid(
                 "logprobs",
                 "Log probabilities are not available for this model: its engine (mistral.rs 0.8.1) does not report honest values.",
@@ -439,7 +465,7 @@ impl ValidatedChat {
                 completion: max_tokens.max(1),
             });
         }
-        Ok(GenerationRequest {
+        Ok(InferenceRequest {
             model: card.id.clone(),
             messages: self.messages,
             sampling: self.sampling,
@@ -453,6 +479,7 @@ impl ValidatedChat {
             stream: self.stream,
             prompt_ids: None,
             claim: Default::default(),
+            choices: self.choices,
         })
     }
 }

@@ -41,8 +41,10 @@ pub struct ChatCompletionRequest {
     pub presence_penalty: Option<f64>,
     #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
-    /// Only 1 is supported (in `[upstream]` mode as well).
-    #[schema(minimum = 1, maximum = 1)]
+    /// Choices to generate (default 1). A replica (`[upstream]`) answers up
+    /// to 128 itself; an in-process model runs at most 8, one sequence each.
+    /// `usage` counts the prompt once and every choice's tokens.
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
     /// Token id (as a string) to a bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,

@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 /// Routes that answer whatever the `Host`.
-const PROBES: &[&str] = &["/health", "/ready"];
+const PROBES: &[&str] = &[crate::api::routes::HEALTH, crate::api::routes::READY];
 
 /// Whether `authority` (`host[:port]`, as in `Host`) names this machine:
 /// `localhost`, 127.0.0.0/8 or `[::1]`, with any port.

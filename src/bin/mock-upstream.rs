@@ -4,7 +4,8 @@
 //! Every answer names the replica and the model it was asked for, so a test
 //! can see where a request went. Given `tools`, it calls the first (or the
 //! named) function; given `logprobs`, it reports them for every word; an
-//! answer after a `tool` message quotes that message.
+//! answer after a `tool` message quotes that message; given `n`, it answers
+//! that many choices, each after the first naming its index (`#1`, ...).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -118,7 +119,17 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
             result["content"].as_str().unwrap_or_default()
         ));
     }
+    let choices = body["n"].as_u64().unwrap_or(1).clamp(1, 128) as usize;
+    // Choice i > 0 says which it is, so a test can tell the choices apart.
+    let words_of = |choice: usize| -> Vec<String> {
+        let mut words = words.clone();
+        if choice > 0 {
+            words[0] = format!("{} #{choice}", words[0]);
+        }
+        words
+    };
     let call = tool_call(&body);
+    let call_id = |choice: usize| format!("call_mock{}", choice + 1);
     let logprobs = body["logprobs"].as_bool() == Some(true);
     let top = body["top_logprobs"].as_u64().unwrap_or(0) as usize;
     let logprobs_of = |text: &str| {
@@ -127,70 +138,92 @@ async fn chat(mock: web::Data<Mock>, body: web::Json<Value>) -> HttpResponse {
         first["top_logprobs"] = (0..top).map(entry).collect();
         json!({"content": [first], "refusal": null})
     };
-    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()});
+    let completion_tokens = choices * words.len();
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let id = "chatcmpl-mock";
     if !stream {
-        let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"});
-        if logprobs {
-            let entries: Vec<Value> = words
-                .iter()
-                .map(|w| logprobs_of(w)["content"][0].clone())
-                .collect();
-            choice["logprobs"] = json!({"content": entries, "refusal": null});
-        }
-        if let Some((name, arguments)) = &call {
-            choice["message"]["content"] = Value::Null;
-            choice["message"]["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
-            choice["finish_reason"] = json!("tool_calls");
-        }
+        let answers = (0..choices).map(|index| {
+            let words = words_of(index);
+            let mut choice = json!({"index": index, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"});
+            if logprobs {
+                let entries: Vec<Value> = words
+                    .iter()
+                    .map(|w| logprobs_of(w)["content"][0].clone())
+                    .collect();
+                choice["logprobs"] = json!({"content": entries, "refusal": null});
+            }
+            if let Some((name, arguments)) = &call {
+                choice["message"]["content"] = Value::Null;
+                choice["message"]["tool_calls"] = json!([{"id": call_id(index), "type": "function", "function": {"name": name, "arguments": arguments}}]);
+                choice["finish_reason"] = json!("tool_calls");
+            }
+            choice
+        });
         let mut answer = json!({
             "id": id, "object": "chat.completion", "created": 0, "model": model,
-            "choices": [choice],
+            "choices": answers.collect::<Vec<_>>(),
         });
         if !options.no_usage {
             answer["usage"] = usage;
         }
         return HttpResponse::Ok().json(answer);
     }
-    let chunk = |delta: Value, finish: Value| {
+    let chunk = |index: usize, delta: Value, finish: Value| {
         let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]});
         format!("data: {chunk}\n\n")
     };
-    let mut frames = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    match &call {
-        Some((name, arguments)) => {
-            let (head, tail) = arguments.split_at(arguments.len() / 2);
-            frames.push(chunk(
-                json!({"tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": name, "arguments": ""}}]}),
+    // Each choice's frames, then interleaved as a real replica sends them.
+    let per_choice: Vec<Vec<String>> = (0..choices)
+        .map(|index| {
+            let mut frames = vec![chunk(
+                index,
+                json!({"role": "assistant", "content": ""}),
                 Value::Null,
-            ));
-            for part in [head, tail] {
-                frames.push(chunk(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
-                    Value::Null,
-                ));
-            }
-            frames.push(chunk(json!({}), json!("tool_calls")));
-        }
-        None => {
-            for word in &words {
-                let mut frame = chunk(json!({"content": word}), Value::Null);
-                if logprobs {
-                    let mut value: Value =
-                        serde_json::from_str(frame.trim_start_matches("data: ").trim())
-                            .unwrap_or_default();
-                    value["choices"][0]["logprobs"] = logprobs_of(word);
-                    frame = format!("data: {value}\n\n");
+            )];
+            match &call {
+                Some((name, arguments)) => {
+                    let (head, tail) = arguments.split_at(arguments.len() / 2);
+                    frames.push(chunk(
+                        index,
+                        json!({"tool_calls": [{"index": 0, "id": call_id(index), "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                        Value::Null,
+                    ));
+                    for part in [head, tail] {
+                        frames.push(chunk(
+                            index,
+                            json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                            Value::Null,
+                        ));
+                    }
+                    frames.push(chunk(index, json!({}), json!("tool_calls")));
                 }
-                frames.push(frame);
+                None => {
+                    for word in words_of(index) {
+                        let mut frame = chunk(index, json!({"content": word}), Value::Null);
+                        if logprobs {
+                            let mut value: Value =
+                                serde_json::from_str(frame.trim_start_matches("data: ").trim())
+                                    .unwrap_or_default();
+                            value["choices"][0]["logprobs"] = logprobs_of(&word);
+                            frame = format!("data: {value}\n\n");
+                        }
+                        frames.push(frame);
+                    }
+                    frames.push(chunk(index, json!({}), json!("stop")));
+                }
             }
-            frames.push(chunk(json!({}), json!("stop")));
-        }
-    }
+            frames
+        })
+        .collect();
+    let longest = per_choice.iter().map(Vec::len).max().unwrap_or(0);
+    let mut frames: Vec<String> = (0..longest)
+        .flat_map(|at| {
+            per_choice
+                .iter()
+                .filter_map(move |frames| frames.get(at).cloned())
+        })
+        .collect();
     let wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     if wants_usage && !options.no_usage {
         let last = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});

@@ -26,8 +26,8 @@ use super::mistral_gate::{CacheGate, SharedPermit};
 use super::mistral_lora::{BaseFiles, add_adapter_model, merged_copy_bytes, remove_adapter_model};
 use super::stop::{JsonEnd, Scan, StopScanner};
 use super::{
-    AdapterFiles, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
-    GenerationStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
+    AdapterFiles, Engine, EngineError, FinishReason, InferenceEvent, InferenceRequest,
+    InferenceStream, ModelCard, OutputConstraint, PromptMessage, PromptTokens, TokenUsage,
     ToolSupport,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype, ModelFormat};
@@ -327,7 +327,7 @@ fn constraint(constraint: &OutputConstraint) -> Constraint {
     }
 }
 
-fn sampling_params(request: &GenerationRequest) -> SamplingParams {
+fn sampling_params(request: &InferenceRequest) -> SamplingParams {
     let sampling = &request.sampling;
     SamplingParams {
         // mistral.rs reads an absent temperature as 1.0 (OpenAI's default) and
@@ -393,7 +393,7 @@ impl Engine for MistralEngine {
         Ok(PromptTokens::counted(ids.len()))
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError> {
         self.check_model(&request.model)?;
         let permit = match &self.cache_gate {
             Some(gate) => Some(gate.enter(&request.model, request.prompt_tokens).await),
@@ -445,7 +445,7 @@ impl Engine for MistralEngine {
             sampled: request_tokens.clone(),
         };
         let engine = EngineLiveness { sender };
-        Ok(GenerationStream {
+        Ok(InferenceStream {
             events: Box::pin(events(
                 permit.stream_hold(CANCELLED_SEQUENCE_GRACE),
                 rx,
@@ -608,7 +608,7 @@ fn events(
     budget: TokenBudget,
     engine: EngineLiveness,
     mut json_end: Option<JsonEnd>,
-) -> impl futures_util::Stream<Item = Result<GenerationEvent, EngineError>> + Send {
+) -> impl futures_util::Stream<Item = Result<InferenceEvent, EngineError>> + Send {
     async_stream::stream! {
         let _permit = permit;
         let mut leading = LeadingSpace::default();
@@ -642,9 +642,9 @@ fn events(
                     }
                     let tail = stops.finish();
                     if !tail.is_empty() {
-                        yield Ok(GenerationEvent::Delta { text: tail, logprobs: Vec::new() });
+                        yield Ok(InferenceEvent::text(tail, Vec::new()));
                     }
-                    yield Ok(GenerationEvent::Finished { reason: budget.silent_end_reason(), usage: budget.usage() });
+                    yield Ok(InferenceEvent::finished(budget.silent_end_reason(), budget.usage()));
                     return;
                 }
             };
@@ -664,7 +664,7 @@ fn events(
                     stopped = true;
                 }
                 if !text.is_empty() {
-                    yield Ok(GenerationEvent::Delta { text, logprobs: Vec::new() });
+                    yield Ok(InferenceEvent::text(text, Vec::new()));
                 }
                 let reason = if stopped {
                     Some(FinishReason::Stop)
@@ -674,12 +674,12 @@ fn events(
                 if let Some(reason) = reason {
                     let tail = stops.finish();
                     if !stopped && !tail.is_empty() {
-                        yield Ok(GenerationEvent::Delta { text: tail, logprobs: Vec::new() });
+                        yield Ok(InferenceEvent::text(tail, Vec::new()));
                     }
                     // Cutting at a stop sequence drops the receiver, which cancels
                     // the sequence before the engine reports usage.
                     let usage = engine_usage.unwrap_or_else(|| budget.usage());
-                    yield Ok(GenerationEvent::Finished { reason, usage });
+                    yield Ok(InferenceEvent::finished(reason, usage));
                     return;
                 }
             }

@@ -1,6 +1,6 @@
 //! The seam between HTTP and inference. Only validated requests
-//! ([`GenerationRequest`], built by `api::validate`) cross it; every engine,
-//! in-process or remote, answers with the same stream of [`GenerationEvent`]s.
+//! ([`InferenceRequest`], built by `api::validate`) cross it; every engine,
+//! in-process or remote, answers with the same stream of [`InferenceEvent`]s.
 //! Dropping that stream cancels the generation.
 
 pub mod admission;
@@ -176,7 +176,7 @@ pub struct Sampling {
 /// A request that passed validation: bounds checked, model resolved, token
 /// budget known to fit the context.
 #[derive(Debug, Clone)]
-pub struct GenerationRequest {
+pub struct InferenceRequest {
     pub model: String,
     pub messages: Vec<PromptMessage>,
     pub sampling: Sampling,
@@ -203,6 +203,10 @@ pub struct GenerationRequest {
     pub prompt_ids: Option<Arc<Vec<u32>>>,
     /// Whose request this is, for an engine that queues work itself.
     pub claim: admission::Claim,
+    /// Answers wanted for the prompt (OpenAI's `n`). A replica is asked for
+    /// all of them; an in-process engine is always asked for one, and the
+    /// gateway starts one generation per choice.
+    pub choices: usize,
 }
 
 /// A measured prompt: its length, and its ids when the engine has them.
@@ -252,11 +256,15 @@ pub struct TokenUsage {
     pub completion_tokens: usize,
 }
 
+/// What a generation produces. `choice` says which of the request's
+/// answers an event belongs to (always 0 from an in-process engine); a
+/// generation of `n` choices ends after `n` `Finished` events.
 #[derive(Debug, Clone, PartialEq)]
-pub enum GenerationEvent {
+pub enum InferenceEvent {
     /// New text, and the log probabilities of the tokens behind it when
     /// they were asked for.
     Delta {
+        choice: usize,
         text: String,
         logprobs: Vec<TokenLogprob>,
     },
@@ -264,15 +272,59 @@ pub enum GenerationEvent {
     /// OpenAI's streamed shape: the first piece of call `index` carries its
     /// id and name, later ones only argument text.
     ToolCall(ToolCallDelta),
-    /// The last event of a successful generation.
+    /// The last event of one choice: its reason, the prompt's tokens and
+    /// this choice's completion tokens.
     Finished {
+        choice: usize,
         reason: FinishReason,
         usage: TokenUsage,
     },
 }
 
+impl InferenceEvent {
+    /// Text of the first (for an in-process engine, the only) choice.
+    pub fn text(text: String, logprobs: Vec<TokenLogprob>) -> InferenceEvent {
+        InferenceEvent::Delta {
+            choice: 0,
+            text,
+            logprobs,
+        }
+    }
+
+    /// The end of the first (for an in-process engine, the only) choice.
+    pub fn finished(reason: FinishReason, usage: TokenUsage) -> InferenceEvent {
+        InferenceEvent::Finished {
+            choice: 0,
+            reason,
+            usage,
+        }
+    }
+
+    pub fn choice(&self) -> usize {
+        match self {
+            InferenceEvent::Delta { choice, .. } | InferenceEvent::Finished { choice, .. } => {
+                *choice
+            }
+            InferenceEvent::ToolCall(call) => call.choice,
+        }
+    }
+
+    /// The same event, for choice `index` (one generation of several that
+    /// answer one request).
+    pub fn for_choice(mut self, index: usize) -> InferenceEvent {
+        match &mut self {
+            InferenceEvent::Delta { choice, .. } | InferenceEvent::Finished { choice, .. } => {
+                *choice = index
+            }
+            InferenceEvent::ToolCall(call) => call.choice = index,
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCallDelta {
+    pub choice: usize,
     pub index: usize,
     pub id: Option<String>,
     pub name: Option<String>,
@@ -301,11 +353,11 @@ pub enum EngineError {
     Overloaded { retry_after_secs: u64 },
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, EngineError>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<InferenceEvent, EngineError>> + Send>>;
 
 /// A started generation: its events, and its completion tokens so far
 /// (what an aborted request is charged).
-pub struct GenerationStream {
+pub struct InferenceStream {
     pub events: EventStream,
     pub progress: Arc<AtomicU64>,
 }
@@ -326,6 +378,14 @@ pub struct ModelCard {
     /// sampling): requests for `logprobs` are refused otherwise.
     pub logprobs: bool,
     pub tools: ToolSupport,
+}
+
+impl ModelCard {
+    /// Served by a remote replica, which answers `n`, `logprobs` and tools
+    /// itself.
+    pub fn is_remote(&self) -> bool {
+        self.tools == ToolSupport::PassThrough
+    }
 }
 
 /// A validated LoRA adapter on disk, ready to load over the base model.
@@ -357,7 +417,7 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<PromptTokens, EngineError>;
 
     /// Starts generating. Dropping the returned stream cancels the generation.
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError>;
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError>;
 
     /// Serves `adapter` over the base model as model `id`; returns the memory
     /// the loaded adapter holds. `Rejected` when this engine cannot.

@@ -782,8 +782,8 @@ impl loragate::engine::Engine for HoldingEngine {
     }
     async fn generate(
         &self,
-        request: loragate::engine::GenerationRequest,
-    ) -> Result<loragate::engine::GenerationStream, loragate::engine::EngineError> {
+        request: loragate::engine::InferenceRequest,
+    ) -> Result<loragate::engine::InferenceStream, loragate::engine::EngineError> {
         if request.messages.iter().any(|m| m.content == "hold") {
             let _ = self.held.send(());
             let _ = self.open.clone().wait_for(|open| *open).await;

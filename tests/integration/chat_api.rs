@@ -122,6 +122,45 @@ async fn include_usage_adds_a_final_usage_chunk() {
     }
 }
 
+/// With `n`, each choice opens with its role chunk and ends with its own
+/// finishing chunk; the usage chunk counts the prompt once and every choice.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_choices_stream_by_index_with_one_usage_chunk() {
+    let server = TestServer::start();
+    let mut body = chat_body("Count me", 6);
+    body["n"] = json!(2);
+    let whole = server.chat_ok(&body).await;
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let streamed = common::streamed_choices(&response.text().await.unwrap());
+    assert_eq!(streamed.roles, [0, 1]);
+    for index in 0..2u64 {
+        let choice = &whole["choices"][index as usize];
+        assert_eq!(choice["index"], index);
+        // Greedy: the same text whether streamed or not, in every choice.
+        assert_eq!(streamed.content[&index], content(&whole));
+        assert_eq!(
+            streamed.finish[&index],
+            choice["finish_reason"].as_str().unwrap()
+        );
+    }
+    let usage = streamed.usage.unwrap();
+    assert_eq!(usage, whole["usage"]);
+    let one = server.chat_ok(&chat_body("Count me", 6)).await;
+    assert_eq!(usage["prompt_tokens"], one["usage"]["prompt_tokens"]);
+    assert_eq!(
+        usage["completion_tokens"].as_u64(),
+        one["usage"]["completion_tokens"].as_u64().map(|n| 2 * n)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leading_space_of_the_first_token_is_kept() {
     let server = TestServer::start();

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use loragate::engine::mistral::MistralEngine;
 use loragate::engine::{
-    AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage, PromptTokens,
+    AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard, PromptMessage,
+    PromptTokens,
 };
 use mistralrs::core::RequestMessage;
 use mistralrs::{CustomLogitsProcessor, NormalRequest, Request, SamplingParams, Tensor};
@@ -47,7 +47,7 @@ impl Engine for Counting {
     ) -> Result<PromptTokens, EngineError> {
         self.inner.count_prompt_tokens(model, messages, tools).await
     }
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError> {
         let started = self.inner.generate(request).await;
         self.sent.fetch_add(1, Ordering::SeqCst);
         started

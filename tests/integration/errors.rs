@@ -153,9 +153,12 @@ async fn unsupported_features_are_refused_clearly() {
     let server = TestServer::start();
     let (status, body) = post_raw(&server, request.to_string()).await;
     assert_eq!(status, 200, "{body}");
-    let mut request = chat_body("hi", 4);
-    request["n"] = json!(3);
-    let (status, body) = post_raw(&server, request.to_string()).await;
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["param"], "n");
+    // Each choice is a sequence of its own: in-process, at most 8.
+    for n in [0, 9, 129] {
+        let mut request = chat_body("hi", 4);
+        request["n"] = json!(n);
+        let (status, body) = post_raw(&server, request.to_string()).await;
+        assert_eq!(status, 400, "n = {n}");
+        assert_eq!(body["error"]["param"], "n");
+    }
 }

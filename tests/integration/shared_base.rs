@@ -197,6 +197,47 @@ async fn a_seeded_sampled_request_repeats_exactly() {
     );
 }
 
+/// `n` choices are `n` sequences: choice `i` of a seeded request is what
+/// one request with `seed + i` samples, the prompt is paid once and every
+/// choice's tokens are.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_choices_are_seeded_apart_and_each_paid_for() {
+    let server = TestServer::start();
+    let body = |seed: u64, n: u64| {
+        let mut body = chat_body("Write freely", 24);
+        body["temperature"] = json!(1.0);
+        body["seed"] = json!(seed);
+        body["n"] = json!(n);
+        body
+    };
+    let together = server.chat_ok(&body(42, 3)).await;
+    let choices = together["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let mut completion_tokens = 0;
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        let alone = server.chat_ok(&body(42 + i as u64, 1)).await;
+        assert_eq!(
+            choice["message"], alone["choices"][0]["message"],
+            "choice {i}"
+        );
+        assert_eq!(
+            choice["finish_reason"],
+            alone["choices"][0]["finish_reason"]
+        );
+        assert_eq!(
+            together["usage"]["prompt_tokens"],
+            alone["usage"]["prompt_tokens"]
+        );
+        completion_tokens += alone["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(together["usage"]["completion_tokens"], completion_tokens);
+    assert_ne!(
+        content(&together),
+        choices[1]["message"]["content"].as_str().unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn logprobs_are_a_proper_distribution_matching_an_independent_forward_pass() {
     let server = TestServer::start();

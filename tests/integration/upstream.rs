@@ -560,6 +560,70 @@ async fn replica_error_details_reach_the_log_not_the_client() {
     }
 }
 
+/// `n` goes to the replica, which answers every choice; the gateway relays
+/// them by index, streamed (interleaved) or not, with the replica's usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_choices_pass_through_to_the_replica() {
+    let replica = MockUpstream::start("t", &["--tokens", "3"]);
+    let fleet = front(&[("t", replica.url())], "model = \"mock-model\"", None);
+    let mut request = ask("fleet", false);
+    request["n"] = json!(3);
+    let (status, body) = chat(&fleet, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let contents: Vec<&str> = body["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, choice)| {
+            assert_eq!(choice["index"], i);
+            assert_eq!(choice["finish_reason"], "stop");
+            choice["message"]["content"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "[t mock-model] w1 w2",
+            "[t mock-model] #1 w1 w2",
+            "[t mock-model] #2 w1 w2"
+        ]
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 9);
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+
+    let mut streamed = ask("fleet", true);
+    streamed["n"] = json!(2);
+    let response = client()
+        .post(fleet.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let answer = crate::common::streamed_choices(&response.text().await.unwrap());
+    assert_eq!(answer.content[&0], contents[0]);
+    assert_eq!(answer.content[&1], contents[1]);
+    assert_eq!(answer.finish.len(), 2);
+    assert_eq!(answer.usage.unwrap()["completion_tokens"], 6);
+
+    streamed["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let response = client()
+        .post(fleet.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let answer = crate::common::streamed_choices(&response.text().await.unwrap());
+    assert_eq!(answer.call_ids[&0], ["call_mock1"]);
+    assert_eq!(answer.call_ids[&1], ["call_mock2"]);
+    assert!(answer.finish.values().all(|reason| reason == "tool_calls"));
+
+    request["n"] = json!(129);
+    let (status, body) = chat(&fleet, &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "n");
+}
+
 /// Tools, tool messages, `logprobs` and the replica's calls travel through
 /// unchanged in meaning, streamed or not; usage still settles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

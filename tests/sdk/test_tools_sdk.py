@@ -208,3 +208,27 @@ def test_logprobs_pass_through(client):
     ))
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+def test_several_choices(client):
+    """`n` choices, whole and streamed: the SDK assembles each by its index."""
+    ask = dict(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, n=2)
+    whole = client.chat.completions.create(**ask)
+    assert [c.index for c in whole.choices] == [0, 1]
+    assert all(c.message.content for c in whole.choices)
+    if MOCK:
+        assert "#1" in whole.choices[1].message.content
+        assert "#1" not in whole.choices[0].message.content
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    texts, finishes = {}, {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert finishes == {c.index: c.finish_reason for c in whole.choices}
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    if all(c.finish_reason == "length" for c in whole.choices):
+        assert whole.usage.completion_tokens == 2 * 6

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::wire::{OutputItem, OutputText, ResponseObject};
 use super::{complete, item_id};
-use crate::api::completion::{Generation, Output};
+use crate::api::completion::{Output, RunningCompletion};
 use crate::api::tools::decode::Piece;
 use crate::error::ApiError;
 
@@ -162,21 +162,27 @@ impl Events {
     }
 }
 
-pub fn respond(mut generation: Generation, shell: ResponseObject) -> HttpResponse {
+pub fn respond(mut running: RunningCompletion, shell: ResponseObject) -> HttpResponse {
     let body = async_stream::stream! {
         let mut events = Events { sequence: 0, shell, open: Open::None };
         yield Ok::<_, actix_web::Error>(events.with_response("response.created"));
         yield Ok(events.with_response("response.in_progress"));
+        // The Responses API has no `n`: there is one choice.
+        let mut reason = crate::engine::FinishReason::Stop;
         loop {
             let mut out = Vec::new();
-            let last = match generation.next_output().await {
+            let last = match running.next_output().await {
                 Some(Ok(Output::Pieces { pieces, .. })) => {
                     for piece in pieces {
                         events.piece(piece, &mut out);
                     }
                     false
                 }
-                Some(Ok(Output::Finished { reason, usage })) => {
+                Some(Ok(Output::ChoiceFinished { reason: ended, .. })) => {
+                    reason = ended;
+                    false
+                }
+                Some(Ok(Output::Finished { usage })) => {
                     events.close(&mut out);
                     events.shell = complete(events.shell.clone(), reason.as_str(), usage);
                     let kind = if events.shell.status == "incomplete" { "response.incomplete" } else { "response.completed" };

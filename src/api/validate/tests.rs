@@ -56,7 +56,8 @@ fn out_of_range_parameters_are_named() {
         ("frequency_penalty", serde_json::json!(-3)),
         ("max_tokens", serde_json::json!(0)),
         ("max_completion_tokens", serde_json::json!(-5)),
-        ("n", serde_json::json!(2)),
+        ("n", serde_json::json!(0)),
+        ("n", serde_json::json!(129)),
         ("top_logprobs", serde_json::json!(21)),
         ("top_logprobs", serde_json::json!(2)),
         ("logit_bias", serde_json::json!({"abc": 1})),
@@ -69,6 +70,28 @@ fn out_of_range_parameters_are_named() {
             "{field}={value}"
         );
     }
+}
+
+#[test]
+fn choices_reserve_a_budget_each_and_are_bounded_in_process() {
+    let mut three = chat(with("n", serde_json::json!(3))).unwrap();
+    three.fit_model(&card(100)).unwrap();
+    assert_eq!(three.choices(), 3);
+    assert_eq!(three.wanted_tokens(&card(100), 10, Some(20)), 10 + 3 * 20);
+    let request = three.into_generation(&card(100), 10, Some(20)).unwrap();
+    assert_eq!(request.choices, 3);
+    let mut many = chat(with("n", serde_json::json!(9))).unwrap();
+    let refused = many
+        .fit_model(&card(100))
+        .expect_err("over the in-process bound");
+    assert_eq!(refused.body().error.param.as_deref(), Some("n"));
+    let remote = ModelCard {
+        tools: crate::engine::ToolSupport::PassThrough,
+        ..card(100)
+    };
+    let mut many = chat(with("n", serde_json::json!(128))).unwrap();
+    many.fit_model(&remote).unwrap();
+    assert_eq!(many.into_generation(&remote, 1, None).unwrap().choices, 128);
 }
 
 #[test]

@@ -44,7 +44,7 @@ use self::scheduler::{Command, Scheduler, SchedulerConfig};
 use self::sequence::{LoadedAdapter, Sequence};
 use super::stop::StopScanner;
 use super::{
-    AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
+    AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard,
     OutputConstraint, PromptMessage, PromptTokens,
 };
 use crate::config::ModelConfig;
@@ -256,7 +256,7 @@ impl Engine for SharedBaseEngine {
         })
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError> {
         let adapter = self.adapter(&request.model)?;
         let prompt = match &request.prompt_ids {
             Some(ids) => ids.as_ref().clone(),
@@ -313,7 +313,7 @@ impl Engine for SharedBaseEngine {
                 yield event;
             }
         };
-        Ok(GenerationStream {
+        Ok(InferenceStream {
             events: events.boxed(),
             progress,
         })

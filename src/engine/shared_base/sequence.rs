@@ -13,7 +13,7 @@ use super::constraint::Constraint;
 use super::kv::SequenceCache;
 use super::sampler::{Sampled, Sampler};
 use crate::engine::stop::{Scan, StopScanner};
-use crate::engine::{EngineError, FinishReason, GenerationEvent, TokenLogprob, TokenUsage};
+use crate::engine::{EngineError, FinishReason, InferenceEvent, TokenLogprob, TokenUsage};
 use crate::prompt::detokenize::IncrementalDecoder;
 use crate::prompt::token_bytes::TokenBytes;
 
@@ -39,7 +39,7 @@ pub struct Sequence {
     pub decoder: IncrementalDecoder,
     pub stops: StopScanner,
     pub eos: Arc<Vec<u32>>,
-    pub events: UnboundedSender<Result<GenerationEvent, EngineError>>,
+    pub events: UnboundedSender<Result<InferenceEvent, EngineError>>,
     pub progress: Arc<AtomicU64>,
     pub sampled_tokens: IntCounter,
     /// Logprobs are wanted: the per-token text is needed too.
@@ -71,7 +71,7 @@ impl Sequence {
         }
     }
 
-    fn send(&self, event: Result<GenerationEvent, EngineError>) {
+    fn send(&self, event: Result<InferenceEvent, EngineError>) {
         // A closed channel means the client left; the scheduler drops the
         // sequence at its next look.
         let _ = self.events.send(event);
@@ -88,14 +88,11 @@ impl Sequence {
             Scan::Continue(text) | Scan::Stopped(text) => text + &self.stops.finish(),
         };
         if !tail.is_empty() {
-            self.send(Ok(GenerationEvent::Delta {
-                text: tail,
-                logprobs: Vec::new(),
-            }));
+            self.send(Ok(InferenceEvent::text(tail, Vec::new())));
         }
         self.done = true;
         let usage = self.usage();
-        self.send(Ok(GenerationEvent::Finished { reason, usage }));
+        self.send(Ok(InferenceEvent::finished(reason, usage)));
     }
 
     fn logprob_entry(&self, sampled: &Sampled) -> TokenLogprob {
@@ -133,10 +130,7 @@ impl Sequence {
         }
         if self.eos.contains(&token) {
             if !logprobs.is_empty() {
-                self.send(Ok(GenerationEvent::Delta {
-                    text: String::new(),
-                    logprobs,
-                }));
+                self.send(Ok(InferenceEvent::text(String::new(), logprobs)));
             }
             self.finish(FinishReason::Stop);
             return;
@@ -153,15 +147,12 @@ impl Sequence {
             Scan::Stopped(text) => (text, true),
         };
         if !text.is_empty() || !logprobs.is_empty() {
-            self.send(Ok(GenerationEvent::Delta { text, logprobs }));
+            self.send(Ok(InferenceEvent::text(text, logprobs)));
         }
         if stopped {
             self.done = true;
             let usage = self.usage();
-            self.send(Ok(GenerationEvent::Finished {
-                reason: FinishReason::Stop,
-                usage,
-            }));
+            self.send(Ok(InferenceEvent::finished(FinishReason::Stop, usage)));
         } else if self.constraint.as_ref().is_some_and(Constraint::is_stopped) {
             self.finish(FinishReason::Stop);
         } else if self.generated() >= self.max_tokens {

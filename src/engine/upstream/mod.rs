@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ModelConfig, UpstreamConfig};
 use crate::engine::{
-    AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage, PromptTokens, ToolSupport,
+    AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard, PromptMessage,
+    PromptTokens, ToolSupport,
 };
 use crate::metrics::Metrics;
 use attempt::{Attempt, SendError};
@@ -239,7 +239,7 @@ impl Engine for UpstreamEngine {
         .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError> {
         let (upstream_model, adapter) = if request.model == self.card.id {
             (self.upstream_model.clone(), None)
         } else {
@@ -278,13 +278,14 @@ impl Engine for UpstreamEngine {
                 prompt_tokens: request.prompt_tokens,
                 idle_timeout: self.idle_timeout,
                 body_cap: BODY_CAP,
+                choices: request.choices.max(1),
             };
             let events = if request.stream {
                 relay::stream(response, context)
             } else {
                 relay::whole(response, context)
             };
-            return Ok(GenerationStream { events, progress });
+            return Ok(InferenceStream { events, progress });
         }
         Err(passed_on.unwrap_or_else(|| {
             EngineError::BadGateway(format!(

@@ -15,7 +15,7 @@ use super::sse::SseDecoder;
 use super::wire::{self, UpstreamUsage};
 use super::{ReplicaHealth, bad_gateway};
 use crate::engine::{
-    EngineError, EventStream, FinishReason, GenerationEvent, PromptMessage, TokenUsage,
+    EngineError, EventStream, FinishReason, InferenceEvent, PromptMessage, TokenUsage,
 };
 
 /// Counts tokens the replicas do not report: exactly with the model's
@@ -118,19 +118,65 @@ pub struct RelayContext {
     pub idle_timeout: Duration,
     /// Largest non-streamed body accepted.
     pub body_cap: usize,
+    /// The choices asked for (`n`).
+    pub choices: usize,
 }
 
 impl RelayContext {
-    fn usage(&self, reported: Option<UpstreamUsage>, counted: usize) -> TokenUsage {
-        match reported {
-            Some(usage) => TokenUsage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-            },
-            None => TokenUsage {
-                prompt_tokens: self.prompt_tokens,
-                completion_tokens: counted,
-            },
+    /// The `Finished` event of every choice, once the answer is whole.
+    /// The replica reports usage for all choices together; each choice is
+    /// given its own counted tokens and the last the rest, so the choices
+    /// add up to the replica's total.
+    fn finish(
+        &self,
+        reported: Option<UpstreamUsage>,
+        reasons: &[Option<FinishReason>],
+        counted: &[usize],
+    ) -> Result<Vec<InferenceEvent>, EngineError> {
+        let Some(reasons) = reasons.iter().copied().collect::<Option<Vec<_>>>() else {
+            return Err(self.broken(
+                "The upstream stream ended before the answer finished",
+                "no finish_reason for every choice before the end",
+            ));
+        };
+        let (prompt_tokens, total) = match reported {
+            Some(usage) => (usage.prompt_tokens, usage.completion_tokens),
+            None => (self.prompt_tokens, counted.iter().sum()),
+        };
+        self.progress.store(total as u64, Ordering::Relaxed);
+        let mut left = total;
+        let last = reasons.len().saturating_sub(1);
+        Ok(reasons
+            .into_iter()
+            .enumerate()
+            .map(|(choice, reason)| {
+                let completion_tokens = if choice == last {
+                    left
+                } else {
+                    counted[choice].min(left)
+                };
+                left -= completion_tokens;
+                InferenceEvent::Finished {
+                    choice,
+                    reason,
+                    usage: TokenUsage {
+                        prompt_tokens,
+                        completion_tokens,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// A choice the client asked for, or a broken answer.
+    fn choice(&self, index: usize) -> Result<usize, EngineError> {
+        if index < self.choices {
+            Ok(index)
+        } else {
+            Err(self.broken(
+                "The upstream engine answered more choices than were asked for",
+                format!("choice {index} of {}", self.choices),
+            ))
         }
     }
 
@@ -155,9 +201,9 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
         let mut chunks = response.bytes_stream();
         let mut decoder = SseDecoder::default();
         let counter = context.counter.clone();
-        let mut tally = counter.tally();
+        let mut tallies: Vec<Tally> = (0..context.choices).map(|_| counter.tally()).collect();
+        let mut reasons: Vec<Option<FinishReason>> = vec![None; context.choices];
         let mut relayed = 0usize;
-        let mut finish: Option<FinishReason> = None;
         let mut usage = None;
         'read: loop {
             let (events, ended) = match tokio::time::timeout(context.idle_timeout, chunks.next()).await {
@@ -190,35 +236,45 @@ pub fn stream(response: reqwest::Response, context: RelayContext) -> EventStream
                     }
                 };
                 usage = frame.usage.or(usage);
-                finish = frame.finish.or(finish);
-                let arguments: usize = frame.tool_calls.iter().map(|c| c.arguments.len()).sum();
-                relayed += frame.text.len() + arguments;
-                if relayed > context.body_cap {
-                    yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "stream"));
-                    return;
-                }
-                if !frame.text.is_empty() || !frame.logprobs.is_empty() {
-                    context.progress.fetch_add(1, Ordering::Relaxed);
-                    tally.add(&frame.text);
-                    yield Ok(GenerationEvent::Delta { text: frame.text, logprobs: frame.logprobs });
-                }
-                for call in frame.tool_calls {
-                    context.progress.fetch_add(1, Ordering::Relaxed);
-                    tally.add(&call.arguments);
-                    yield Ok(GenerationEvent::ToolCall(call));
+                for part in frame.choices {
+                    let choice = match context.choice(part.index) {
+                        Ok(choice) => choice,
+                        Err(error) => {
+                            yield Err(error);
+                            return;
+                        }
+                    };
+                    reasons[choice] = part.finish.or(reasons[choice]);
+                    let arguments: usize = part.tool_calls.iter().map(|c| c.arguments.len()).sum();
+                    relayed += part.text.len() + arguments;
+                    if relayed > context.body_cap {
+                        yield Err(context.broken(&format!("The upstream answer is over {} bytes", context.body_cap), "stream"));
+                        return;
+                    }
+                    if !part.text.is_empty() || !part.logprobs.is_empty() {
+                        context.progress.fetch_add(1, Ordering::Relaxed);
+                        tallies[choice].add(&part.text);
+                        yield Ok(InferenceEvent::Delta { choice, text: part.text, logprobs: part.logprobs });
+                    }
+                    for call in part.tool_calls {
+                        context.progress.fetch_add(1, Ordering::Relaxed);
+                        tallies[choice].add(&call.arguments);
+                        yield Ok(InferenceEvent::ToolCall(call));
+                    }
                 }
             }
             if ended {
                 break;
             }
         }
-        match finish {
-            Some(reason) => {
-                let usage = context.usage(usage, tally.total());
-                context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
-                yield Ok(GenerationEvent::Finished { reason, usage });
+        let counted: Vec<usize> = tallies.iter().map(Tally::total).collect();
+        match context.finish(usage, &reasons, &counted) {
+            Ok(finished) => {
+                for event in finished {
+                    yield Ok(event);
+                }
             }
-            None => yield Err(context.broken("The upstream stream ended before the answer finished", "no finish_reason before the end")),
+            Err(error) => yield Err(error),
         }
     })
 }
@@ -247,21 +303,39 @@ pub fn whole(response: reqwest::Response, context: RelayContext) -> EventStream 
                 }
             }
         }
-        match wire::parse_completion(&body) {
-            Ok(answer) => {
-                let arguments: String = answer.tool_calls.iter().map(|c| c.arguments.as_str()).collect();
-                let counted = context.counter.count(&answer.text) + context.counter.count(&arguments);
-                let usage = context.usage(answer.usage, counted);
-                context.progress.store(usage.completion_tokens as u64, Ordering::Relaxed);
-                if !answer.text.is_empty() || !answer.logprobs.is_empty() {
-                    yield Ok(GenerationEvent::Delta { text: answer.text, logprobs: answer.logprobs });
-                }
-                for call in answer.tool_calls {
-                    yield Ok(GenerationEvent::ToolCall(call));
-                }
-                yield Ok(GenerationEvent::Finished { reason: answer.finish, usage });
+        let answer = match wire::parse_completion(&body) {
+            Ok(answer) => answer,
+            Err(problem) => {
+                yield Err(context.broken("The upstream engine sent a bad answer", problem));
+                return;
             }
-            Err(problem) => yield Err(context.broken("The upstream engine sent a bad answer", problem)),
+        };
+        let mut reasons: Vec<Option<FinishReason>> = vec![None; context.choices];
+        let mut counted = vec![0; context.choices];
+        let mut events = Vec::new();
+        for part in answer.choices {
+            let choice = match context.choice(part.index) {
+                Ok(choice) => choice,
+                Err(error) => {
+                    yield Err(error);
+                    return;
+                }
+            };
+            let arguments: String = part.tool_calls.iter().map(|c| c.arguments.as_str()).collect();
+            counted[choice] = context.counter.count(&part.text) + context.counter.count(&arguments);
+            reasons[choice] = Some(part.finish);
+            if !part.text.is_empty() || !part.logprobs.is_empty() {
+                events.push(InferenceEvent::Delta { choice, text: part.text, logprobs: part.logprobs });
+            }
+            events.extend(part.tool_calls.into_iter().map(InferenceEvent::ToolCall));
+        }
+        match context.finish(answer.usage, &reasons, &counted) {
+            Ok(finished) => {
+                for event in events.into_iter().chain(finished) {
+                    yield Ok(event);
+                }
+            }
+            Err(error) => yield Err(error),
         }
     })
 }

@@ -6,11 +6,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::engine::{
-    FinishReason, GenerationRequest, OutputConstraint, TokenLogprob, ToolCallDelta,
+    FinishReason, InferenceRequest, OutputConstraint, TokenLogprob, ToolCallDelta,
 };
 
 /// The request body for `model` on a replica.
-pub fn request_body(request: &GenerationRequest, model: &str) -> Vec<u8> {
+pub fn request_body(request: &InferenceRequest, model: &str) -> Vec<u8> {
     let messages: Vec<Value> = request.messages.iter().map(|m| m.to_json()).collect();
     let mut body = Map::new();
     body.insert("model".into(), model.into());
@@ -21,6 +21,9 @@ pub fn request_body(request: &GenerationRequest, model: &str) -> Vec<u8> {
     }
     if request.max_tokens_chosen {
         body.insert("max_tokens".into(), request.max_tokens.into());
+    }
+    if request.choices > 1 {
+        body.insert("n".into(), request.choices.into());
     }
     let sampling = &request.sampling;
     let optional = [
@@ -96,6 +99,8 @@ struct Completion {
 
 #[derive(Debug, Deserialize)]
 struct CompletionChoice {
+    #[serde(default)]
+    index: Option<usize>,
     message: CompletionMessage,
     #[serde(default)]
     finish_reason: Option<String>,
@@ -132,12 +137,13 @@ struct WireFunction {
 }
 
 impl WireToolCall {
-    fn delta(self, position: usize) -> ToolCallDelta {
+    fn delta(self, choice: usize, position: usize) -> ToolCallDelta {
         let (name, arguments) = match self.function {
             Some(function) => (function.name, function.arguments.unwrap_or_default()),
             None => (None, String::new()),
         };
         ToolCallDelta {
+            choice,
             index: self.index.unwrap_or(position),
             id: self.id,
             name,
@@ -193,39 +199,58 @@ fn logprobs_of(logprobs: Option<Logprobs>) -> Vec<TokenLogprob> {
         .collect()
 }
 
-/// A non-streamed answer, reduced to what the gateway needs.
+/// One choice of a non-streamed answer, reduced to what the gateway needs.
 #[derive(Debug, PartialEq)]
-pub struct Answer {
+pub struct ChoiceAnswer {
+    pub index: usize,
     pub text: String,
     pub finish: FinishReason,
-    pub usage: Option<UpstreamUsage>,
     /// Whole calls (each delta carries id, name and all the arguments).
     pub tool_calls: Vec<ToolCallDelta>,
     pub logprobs: Vec<TokenLogprob>,
 }
 
+/// A non-streamed answer: its choices in the replica's order.
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    pub choices: Vec<ChoiceAnswer>,
+    pub usage: Option<UpstreamUsage>,
+}
+
 pub fn parse_completion(body: &[u8]) -> Result<Answer, String> {
     let completion: Completion =
         serde_json::from_slice(body).map_err(|e| format!("unreadable completion: {e}"))?;
-    let choice = completion
+    if completion.choices.is_empty() {
+        return Err("a completion without choices".into());
+    }
+    let choices = completion
         .choices
         .into_iter()
-        .next()
-        .ok_or("a completion without choices")?;
+        .enumerate()
+        .map(|(position, choice)| {
+            let index = choice.index.unwrap_or(position);
+            ChoiceAnswer {
+                index,
+                text: choice.message.content.unwrap_or_default(),
+                finish: finish_reason(choice.finish_reason.as_deref()),
+                tool_calls: tool_call_deltas(index, choice.message.tool_calls),
+                logprobs: logprobs_of(choice.logprobs),
+            }
+        })
+        .collect();
     Ok(Answer {
-        text: choice.message.content.unwrap_or_default(),
-        finish: finish_reason(choice.finish_reason.as_deref()),
+        choices,
         usage: completion.usage,
-        tool_calls: choice
-            .message
-            .tool_calls
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(position, call)| call.delta(position))
-            .collect(),
-        logprobs: logprobs_of(choice.logprobs),
     })
+}
+
+fn tool_call_deltas(choice: usize, calls: Option<Vec<WireToolCall>>) -> Vec<ToolCallDelta> {
+    calls
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(position, call)| call.delta(choice, position))
+        .collect()
 }
 
 /// `length` and `tool_calls` as sent; anything else ends the answer
@@ -251,6 +276,8 @@ struct Chunk {
 #[derive(Debug, Deserialize)]
 struct ChunkChoice {
     #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
     delta: Option<ChunkDelta>,
     #[serde(default)]
     finish_reason: Option<String>,
@@ -266,14 +293,21 @@ struct ChunkDelta {
     tool_calls: Option<Vec<WireToolCall>>,
 }
 
+/// One choice's part of a streamed frame.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChoiceFrame {
+    pub index: usize,
+    pub text: String,
+    pub finish: Option<FinishReason>,
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
 /// One `data:` frame of a streamed answer.
 #[derive(Debug, Default, PartialEq)]
 pub struct Frame {
-    pub text: String,
-    pub finish: Option<FinishReason>,
+    pub choices: Vec<ChoiceFrame>,
     pub usage: Option<UpstreamUsage>,
-    pub tool_calls: Vec<ToolCallDelta>,
-    pub logprobs: Vec<TokenLogprob>,
 }
 
 pub fn parse_frame(data: &str) -> Result<Frame, String> {
@@ -284,28 +318,32 @@ pub fn parse_frame(data: &str) -> Result<Frame, String> {
             .message
             .unwrap_or_else(|| "an error frame without a message".into()));
     }
-    let mut frame = Frame {
+    let choices = chunk
+        .choices
+        .into_iter()
+        .enumerate()
+        .map(|(position, choice)| {
+            let index = choice.index.unwrap_or(position);
+            let (text, calls) = match choice.delta {
+                Some(delta) => (delta.content.unwrap_or_default(), delta.tool_calls),
+                None => (String::new(), None),
+            };
+            ChoiceFrame {
+                index,
+                text,
+                finish: choice
+                    .finish_reason
+                    .as_deref()
+                    .map(|r| finish_reason(Some(r))),
+                tool_calls: tool_call_deltas(index, calls),
+                logprobs: logprobs_of(choice.logprobs),
+            }
+        })
+        .collect();
+    Ok(Frame {
+        choices,
         usage: chunk.usage,
-        ..Frame::default()
-    };
-    if let Some(choice) = chunk.choices.into_iter().next() {
-        frame.logprobs = logprobs_of(choice.logprobs);
-        if let Some(delta) = choice.delta {
-            frame.text = delta.content.unwrap_or_default();
-            frame.tool_calls = delta
-                .tool_calls
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(position, call)| call.delta(position))
-                .collect();
-        }
-        frame.finish = choice
-            .finish_reason
-            .as_deref()
-            .map(|r| finish_reason(Some(r)));
-    }
-    Ok(frame)
+    })
 }
 
 /// The `error.message` of an OpenAI-style error body, if it has one.
@@ -343,8 +381,8 @@ mod tests {
     use super::*;
     use crate::engine::{PromptMessage, Role, Sampling};
 
-    fn request(stream: bool) -> GenerationRequest {
-        GenerationRequest {
+    fn request(stream: bool) -> InferenceRequest {
+        InferenceRequest {
             model: "m".into(),
             messages: vec![PromptMessage::text(Role::User, "hi")],
             sampling: Sampling {
@@ -362,6 +400,7 @@ mod tests {
             stream,
             prompt_ids: None,
             claim: Default::default(),
+            choices: 1,
         }
     }
 
@@ -379,6 +418,13 @@ mod tests {
         // Left to the replica, which knows the real prompt length.
         assert!(body.get("max_tokens").is_none());
         assert!(body.get("top_p").is_none());
+        assert!(body.get("n").is_none());
+        let three = InferenceRequest {
+            choices: 3,
+            ..request(false)
+        };
+        let body: Value = serde_json::from_slice(&request_body(&three, "up")).unwrap();
+        assert_eq!(body["n"], 3);
         let plain: Value = serde_json::from_slice(&request_body(&request(false), "up")).unwrap();
         assert!(plain.get("stream_options").is_none());
     }
@@ -386,9 +432,16 @@ mod tests {
     #[test]
     fn frames_parse_text_finish_usage_and_errors() {
         let frame = parse_frame(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#);
-        assert_eq!(frame.unwrap().text, "Hi");
+        assert_eq!(frame.unwrap().choices[0].text, "Hi");
         let last = parse_frame(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#).unwrap();
-        assert_eq!(last.finish, Some(FinishReason::Length));
+        assert_eq!(last.choices[0].finish, Some(FinishReason::Length));
+        let second = parse_frame(
+            r#"{"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(second.choices[0].index, 1);
+        assert_eq!(second.choices[0].tool_calls[0].choice, 1);
+        assert_eq!(second.choices[0].tool_calls[0].name.as_deref(), Some("f"));
         let usage = parse_frame(
             r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#,
         )
@@ -413,8 +466,18 @@ mod tests {
             br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#,
         )
         .unwrap();
-        assert_eq!(answer.text, "ok");
+        assert_eq!(answer.choices[0].text, "ok");
         assert_eq!(answer.usage, None);
+        let two = parse_completion(
+            br#"{"choices":[{"index":0,"message":{"content":"a"},"finish_reason":"stop"},{"index":1,"message":{"content":"b"},"finish_reason":"length"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(two.choices.len(), 2);
+        assert_eq!(
+            (two.choices[1].index, two.choices[1].text.as_str()),
+            (1, "b")
+        );
+        assert_eq!(two.choices[1].finish, FinishReason::Length);
         assert!(parse_completion(br#"{"choices":[]}"#).is_err());
         assert!(parse_completion(b"<html>").is_err());
         assert_eq!(

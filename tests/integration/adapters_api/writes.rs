@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use loragate::engine::{
-    AdapterFiles, Engine, EngineError, GenerationRequest, GenerationStream, ModelCard,
-    PromptMessage, PromptTokens,
+    AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard, PromptMessage,
+    PromptTokens,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +49,7 @@ impl Engine for GatedEngine {
         self.inner.count_prompt_tokens(model, messages, tools).await
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+    async fn generate(&self, request: InferenceRequest) -> Result<InferenceStream, EngineError> {
         self.inner.generate(request).await
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use loragate::config::Config;
 use loragate::engine::{
-    AdapterFiles, Engine, GenerationEvent, GenerationRequest, OutputConstraint, PromptMessage,
-    Role, Sampling,
+    AdapterFiles, Engine, InferenceEvent, InferenceRequest, OutputConstraint, PromptMessage, Role,
+    Sampling,
 };
 use loragate::fixture::lora::AdapterSpec;
 
@@ -32,7 +32,7 @@ pub async fn greedy(engine: &dyn Engine, model: &str, prompt: &str, max_tokens: 
         .count_prompt_tokens(model, &messages, None)
         .await
         .unwrap();
-    let request = GenerationRequest {
+    let request = InferenceRequest {
         model: model.into(),
         messages,
         sampling: Sampling {
@@ -49,15 +49,16 @@ pub async fn greedy(engine: &dyn Engine, model: &str, prompt: &str, max_tokens: 
         stream: true,
         prompt_ids: prompt.ids,
         claim: Default::default(),
+        choices: 1,
     };
     let mut stream = engine.generate(request).await.unwrap().events;
     let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event.unwrap() {
-            GenerationEvent::Delta { text: piece, .. } => text.push_str(&piece),
-            GenerationEvent::Finished { .. } => break,
+            InferenceEvent::Delta { text: piece, .. } => text.push_str(&piece),
+            InferenceEvent::Finished { .. } => break,
             // Only remote engines report parsed calls.
-            GenerationEvent::ToolCall(_) => {}
+            InferenceEvent::ToolCall(_) => {}
         }
     }
     text

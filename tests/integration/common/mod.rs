@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use loragate::config::Config;
 use loragate::engine::Engine;
+use serde_json::Value;
 
 pub const MODEL: &str = "tiny";
 
@@ -282,6 +283,48 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .filter_map(|frame| frame.strip_prefix("data: "))
         .map(str::to_string)
         .collect()
+}
+
+/// A streamed chat answer put back together choice by choice, as the SDKs
+/// do it: by each chunk choice's `index`.
+#[derive(Debug, Default)]
+pub struct StreamedChoices {
+    pub content: std::collections::BTreeMap<u64, String>,
+    pub finish: std::collections::BTreeMap<u64, String>,
+    pub call_ids: std::collections::BTreeMap<u64, Vec<String>>,
+    /// Chunks that started a choice with `role: assistant`.
+    pub roles: Vec<u64>,
+    pub usage: Option<Value>,
+}
+
+pub fn streamed_choices(body: &str) -> StreamedChoices {
+    let mut streamed = StreamedChoices::default();
+    for data in sse_data(body).iter().filter(|d| d.as_str() != "[DONE]") {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert!(chunk.get("error").is_none(), "{chunk}");
+        if chunk["usage"].is_object() {
+            streamed.usage = Some(chunk["usage"].clone());
+        }
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            let index = choice["index"].as_u64().unwrap();
+            let delta = &choice["delta"];
+            if delta["role"] == "assistant" {
+                streamed.roles.push(index);
+            }
+            let text = delta["content"].as_str().unwrap_or_default();
+            streamed.content.entry(index).or_default().push_str(text);
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                if let Some(id) = call["id"].as_str() {
+                    streamed.call_ids.entry(index).or_default().push(id.into());
+                }
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                let earlier = streamed.finish.insert(index, reason.into());
+                assert!(earlier.is_none(), "choice {index} finished twice");
+            }
+        }
+    }
+    streamed
 }
 
 /// A key and the config line that accepts it.

@@ -1,6 +1,6 @@
 // The official `openai` Node SDK against a running gateway: a forced tool
-// call (named and `required`), streamed and not, a tool round trip, and
-// `responses.create` streamed and not, with usage.
+// call (named and `required`), streamed and not, `n` choices, a tool round
+// trip, and `responses.create` streamed and not, with usage.
 // Run by scripts/node-sdk-test.sh (LORAGATE_URL, LORAGATE_MODEL).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -69,6 +69,19 @@ for (const [label, toolChoice] of [
     checkArguments(call.function.arguments);
   });
 }
+
+test('several choices (n = 2), streamed and not', async () => {
+  const ask = { model, messages, max_tokens: 6, temperature: 0, n: 2 };
+  const whole = await client.chat.completions.create(ask);
+  assert.deepEqual(whole.choices.map((c) => c.index), [0, 1]);
+  const runner = client.chat.completions.stream({ ...ask, stream_options: { include_usage: true } });
+  const streamed = await runner.finalChatCompletion();
+  assert.deepEqual(
+    streamed.choices.map((c) => [c.index, c.message.content, c.finish_reason]),
+    whole.choices.map((c) => [c.index, c.message.content, c.finish_reason]),
+  );
+  assert.equal(streamed.usage.completion_tokens, whole.usage.completion_tokens);
+});
 
 test('tool round trip', async () => {
   const first = await client.chat.completions.create({

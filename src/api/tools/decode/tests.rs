@@ -126,6 +126,7 @@ fn llama_json_calls_are_parsed_and_plain_answers_pass() {
 fn remote_calls_pass_through() {
     let mut decoder = OutputDecoder::new(OutputMode::Remote);
     let first = decoder.remote_call(ToolCallDelta {
+        choice: 0,
         index: 0,
         id: Some("call_x".into()),
         name: Some("f".into()),
@@ -134,6 +135,7 @@ fn remote_calls_pass_through() {
     assert_eq!(first.len(), 1);
     assert!(decoder.called());
     let more = decoder.remote_call(ToolCallDelta {
+        choice: 0,
         index: 0,
         id: None,
         name: None,
