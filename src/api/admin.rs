@@ -12,7 +12,7 @@ use crate::metering::UsageReport;
     get,
     path = crate::api::routes::TENANT_USAGE,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id from the configuration.")),
+    params(crate::api::routes::TenantPath),
     security(("bearer" = [])),
     responses(
         (status = 200, body = UsageReport),
@@ -24,9 +24,9 @@ use crate::metering::UsageReport;
 pub async fn tenant_usage(
     _admin: AdminCaller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: web::Path<crate::api::routes::TenantPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = path.into_inner();
+    let tenant = path.into_inner().tenant;
     if !state.auth.knows_tenant(&tenant) {
         return Err(ApiError::TenantNotFound(tenant));
     }

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use crate::adapters::validate::validate_file;
 use crate::adapters::{AdapterError, AdapterRecord, Staging, valid_name};
+use crate::api::routes::{AdapterPath, TenantPath};
 use crate::app::AppState;
 use crate::auth::AdminCaller;
 use crate::error::{ApiError, ErrorResponse};
@@ -103,7 +104,7 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
     post,
     path = crate::api::routes::ADAPTERS,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id.")),
+    params(crate::api::routes::TenantPath),
     request_body(content = AdapterUpload, content_type = "multipart/form-data"),
     security(("bearer" = [])),
     responses(
@@ -121,10 +122,10 @@ pub async fn upload(
     _admin: AdminCaller,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: web::Path<TenantPath>,
     form: Multipart,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = path.into_inner();
+    let tenant = path.into_inner().tenant;
     known_tenant(&state, &tenant)?;
     state.base_shape.ok_or(AdapterError::Unsupported)?;
     let header_expectation = if_match(&request)?;
@@ -202,7 +203,7 @@ async fn prepare(
     get,
     path = crate::api::routes::ADAPTERS,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id.")),
+    params(crate::api::routes::TenantPath),
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterList),
@@ -213,9 +214,9 @@ async fn prepare(
 pub async fn list(
     _admin: AdminCaller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: web::Path<TenantPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = path.into_inner();
+    let tenant = path.into_inner().tenant;
     known_tenant(&state, &tenant)?;
     let data = state
         .store
@@ -234,7 +235,7 @@ pub async fn list(
     get,
     path = crate::api::routes::ADAPTER,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
+    params(crate::api::routes::AdapterPath),
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterInfo),
@@ -245,9 +246,9 @@ pub async fn list(
 pub async fn get(
     _admin: AdminCaller,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: web::Path<AdapterPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, name) = path.into_inner();
+    let AdapterPath { tenant, name } = path.into_inner();
     known_tenant(&state, &tenant)?;
     let record = state
         .store
@@ -264,7 +265,7 @@ pub async fn get(
     delete,
     path = crate::api::routes::ADAPTER,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
+    params(crate::api::routes::AdapterPath),
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterDeleted),
@@ -277,9 +278,9 @@ pub async fn delete(
     _admin: AdminCaller,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: web::Path<AdapterPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, name) = path.into_inner();
+    let AdapterPath { tenant, name } = path.into_inner();
     known_tenant(&state, &tenant)?;
     let removed = state
         .store
@@ -303,7 +304,7 @@ pub async fn delete(
     post,
     path = crate::api::routes::ADAPTER_ROLLBACK,
     tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id."), ("name" = String, Path, description = "Adapter name.")),
+    params(crate::api::routes::AdapterPath),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The generation now served.", body = AdapterInfo),
@@ -316,9 +317,9 @@ pub async fn rollback(
     _admin: AdminCaller,
     request: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: web::Path<AdapterPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, name) = path.into_inner();
+    let AdapterPath { tenant, name } = path.into_inner();
     known_tenant(&state, &tenant)?;
     let (now, undone) = state
         .store

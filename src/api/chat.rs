@@ -1,12 +1,10 @@
 //! `POST /v1/chat/completions`: validation, then one answer or an SSE
 //! stream; the generation itself is `completion`'s.
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::api::completion;
-use crate::api::disconnect::{PeerSocket, client_gone};
 use crate::api::extract::JsonBody;
+use crate::api::serve::{Rendering, serve};
 use crate::api::sse;
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{ChatCompletion, ChatCompletionRequest, ChatStreamEvent};
@@ -39,31 +37,12 @@ pub async fn create_chat_completion(
     body: JsonBody<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = ValidatedChat::from_request(body.into_inner())?;
-    let stream = chat.stream;
-    let peer = PeerSocket::of(&request);
-    // A stream's client can stop reading; its connection is shut then.
-    let connection = peer.filter(|_| stream).and_then(PeerSocket::duplicate);
-    let running = tokio::select! {
-        started = completion::start(&state, &caller.0, chat, connection) => started?,
-        () = client_gone(peer) => return Err(ApiError::ClientClosed),
-    };
-    let rate_headers = running.rate.headers();
-    let mut response = if stream {
-        // A streaming body notices a departed client on its next write.
-        sse::respond(running)
-    } else {
-        tokio::select! {
-            completion = running.collect() => HttpResponse::Ok().json(completion?),
-            // Dropping the generation here cancels it in the engine.
-            () = client_gone(peer) => return Err(ApiError::ClientClosed),
+    serve(&request, &state, &caller.0, chat, |running| {
+        if running.stream {
+            Rendering::Stream(sse::respond(running))
+        } else {
+            Rendering::Whole(async move { Ok(HttpResponse::Ok().json(running.collect().await?)) })
         }
-    };
-    for (name, value) in rate_headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
-        }
-    }
-    Ok(response)
+    })
+    .await
 }

@@ -47,6 +47,8 @@ pub struct RunningCompletion {
     /// The name the client asked for, echoed back in every answer.
     pub model: String,
     pub include_usage: bool,
+    /// The client reads the answer as a stream.
+    pub stream: bool,
     /// The tenant's limits after this request was admitted.
     pub rate: RateSnapshot,
     /// The answer carries log probabilities.
@@ -228,6 +230,7 @@ pub async fn start(
     let wanted = chat.wanted_tokens(card, prompt_tokens, state.default_max_tokens);
     let model = chat.model.clone();
     let include_usage = chat.include_usage;
+    let stream = chat.stream;
     let logprobs = chat.wants_logprobs();
     let choices = chat.choices();
     let decoders = (0..choices)
@@ -290,6 +293,7 @@ pub async fn start(
         created: unix_now_secs(),
         model,
         include_usage,
+        stream,
         rate,
         logprobs,
         choices,
@@ -502,35 +506,33 @@ impl RunningCompletion {
         logprobs: Option<ChoiceLogprobs>,
         finish: Option<FinishReason>,
     ) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            system_fingerprint: None,
-            choices: vec![ChunkChoice {
-                index: choice,
-                delta,
-                logprobs,
-                finish_reason: finish.map(|reason| reason.as_str().to_string()),
-            }],
-            usage: if self.include_usage {
-                UsageField::Pending
-            } else {
-                UsageField::Omitted
-            },
-        }
+        let choice = ChunkChoice {
+            index: choice,
+            delta,
+            logprobs,
+            finish_reason: finish.map(|reason| reason.as_str().to_string()),
+        };
+        let usage = if self.include_usage {
+            UsageField::Pending
+        } else {
+            UsageField::Omitted
+        };
+        self.chunk_of(vec![choice], usage)
     }
 
     pub fn usage_chunk(&self, usage: TokenUsage) -> ChatCompletionChunk {
+        self.chunk_of(Vec::new(), UsageField::Final(usage_of(usage)))
+    }
+
+    fn chunk_of(&self, choices: Vec<ChunkChoice>, usage: UsageField) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
             created: self.created,
             model: self.model.clone(),
             system_fingerprint: None,
-            choices: Vec::new(),
-            usage: UsageField::Final(usage_of(usage)),
+            choices,
+            usage,
         }
     }
 }

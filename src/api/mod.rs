@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod responses;
 pub mod routes;
 pub mod routing;
+pub mod serve;
 pub mod sse;
 pub mod tools;
 pub mod validate;

@@ -10,7 +10,6 @@ pub mod wire;
 
 use std::collections::HashMap;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -19,9 +18,8 @@ use self::wire::{
     OutputText, OutputTokensDetails, ResponseInput, ResponseObject, ResponseStreamEvent,
     ResponseUsage,
 };
-use crate::api::completion;
-use crate::api::disconnect::{PeerSocket, client_gone};
 use crate::api::extract::JsonBody;
+use crate::api::serve::{Rendering, serve};
 use crate::api::tools::wire::{
     FunctionCall, FunctionDefinition, NamedToolChoice, Tool, ToolCall, ToolChoice, ToolKind,
 };
@@ -61,31 +59,18 @@ pub async fn create_response(
 ) -> Result<HttpResponse, ApiError> {
     let (chat, echo) = translate(body.into_inner())?;
     let chat = ValidatedChat::from_request(chat)?;
-    let streamed = chat.stream;
-    let peer = PeerSocket::of(&request);
-    let connection = peer.filter(|_| streamed).and_then(PeerSocket::duplicate);
-    let running = tokio::select! {
-        started = completion::start(&state, &caller.0, chat, connection) => started?,
-        () = client_gone(peer) => return Err(ApiError::ClientClosed),
-    };
-    let rate_headers = running.rate.headers();
-    let shell = echo.shell(&running.id, running.created, &running.model);
-    let mut response = if streamed {
-        stream::respond(running, shell)
-    } else {
-        tokio::select! {
-            completion = running.collect() => HttpResponse::Ok().json(finish(shell, completion?)),
-            () = client_gone(peer) => return Err(ApiError::ClientClosed),
+    serve(&request, &state, &caller.0, chat, |running| {
+        let shell = echo.shell(&running.id, running.created, &running.model);
+        if running.stream {
+            Rendering::Stream(stream::respond(running, shell))
+        } else {
+            Rendering::Whole(async move {
+                let completion = running.collect().await?;
+                Ok(HttpResponse::Ok().json(finish(shell, completion)))
+            })
         }
-    };
-    for (name, value) in rate_headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
-        }
-    }
-    Ok(response)
+    })
+    .await
 }
 
 /// What a Response repeats of its request.

@@ -22,6 +22,25 @@ pub const ADAPTERS: &str = "/admin/v1/tenants/{tenant}/adapters";
 pub const ADAPTER: &str = "/admin/v1/tenants/{tenant}/adapters/{name}";
 pub const ADAPTER_ROLLBACK: &str = "/admin/v1/tenants/{tenant}/adapters/{name}/rollback";
 
+/// The path parameters of the tenant routes, declared once for both the
+/// extractor and the OpenAPI document.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// Tenant id from the configuration.
+    pub tenant: String,
+}
+
+/// The path parameters of one tenant's adapter.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AdapterPath {
+    /// Tenant id from the configuration.
+    pub tenant: String,
+    /// Adapter name.
+    pub name: String,
+}
+
 /// One method of one path, and the handler that serves it.
 pub struct Endpoint {
     pub path: &'static str,
