@@ -15,6 +15,19 @@ async fn staged(store: &AdapterStore, weights: &[u8]) -> Staging {
     staging
 }
 
+/// Stores `weights` as adapter `name` of tenant `acme`, the load accepted.
+async fn put(
+    store: &AdapterStore,
+    name: &str,
+    weights: &[u8],
+    expected: Option<u64>,
+) -> Result<(AdapterRecord, Option<AdapterRecord>), AdapterError> {
+    let staging = staged(store, weights).await;
+    store
+        .put(record(name), staging, b"{}".to_vec(), expected, accept)
+        .await
+}
+
 fn record(name: &str) -> AdapterRecord {
     AdapterRecord {
         tenant: "acme".into(),
@@ -34,53 +47,18 @@ fn record(name: &str) -> AdapterRecord {
 async fn generations_replace_by_compare_and_swap() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
-    let first = store
-        .put(
-            record("bot"),
-            staged(&store, b"one").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let first = put(&store, "bot", b"one", None).await.unwrap().0;
     assert_eq!(first.generation, 1);
     // Replacing without naming the current generation is refused.
     assert!(matches!(
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"two").await,
-                b"{}".to_vec(),
-                None,
-                accept
-            )
-            .await,
+        put(&store, "bot", b"two", None).await,
         Err(AdapterError::Conflict { current: 1, .. })
     ));
     assert!(matches!(
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"two").await,
-                b"{}".to_vec(),
-                Some(7),
-                accept
-            )
-            .await,
+        put(&store, "bot", b"two", Some(7)).await,
         Err(AdapterError::Conflict { .. })
     ));
-    let (second, replaced) = store
-        .put(
-            record("bot"),
-            staged(&store, b"two").await,
-            b"{}".to_vec(),
-            Some(1),
-            accept,
-        )
-        .await
-        .unwrap();
+    let (second, replaced) = put(&store, "bot", b"two", Some(1)).await.unwrap();
     assert_eq!(replaced.map(|r| r.generation), Some(1));
     assert_eq!(second.generation, 2);
     assert_eq!(store.current("acme", "bot").unwrap().generation, 2);
@@ -96,14 +74,7 @@ async fn generations_replace_by_compare_and_swap() {
     assert_eq!(store.generations("acme", "bot"), vec![1, 2]);
     // A new name may say generation 0 explicitly.
     assert_eq!(
-        store
-            .put(
-                record("other"),
-                staged(&store, b"x").await,
-                b"{}".to_vec(),
-                Some(0),
-                accept
-            )
+        put(&store, "other", b"x", Some(0))
             .await
             .unwrap()
             .0
@@ -118,43 +89,18 @@ async fn generations_replace_by_compare_and_swap() {
 async fn rollback_and_delete() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
-    store
-        .put(
-            record("bot"),
-            staged(&store, b"one").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap();
+    put(&store, "bot", b"one", None).await.unwrap();
     assert!(matches!(
         store.rollback("acme", "bot", None).await,
         Err(AdapterError::NoPreviousGeneration(_))
     ));
-    store
-        .put(
-            record("bot"),
-            staged(&store, b"two").await,
-            b"{}".to_vec(),
-            Some(1),
-            accept,
-        )
-        .await
-        .unwrap();
+    put(&store, "bot", b"two", Some(1)).await.unwrap();
     let (now, undone) = store.rollback("acme", "bot", Some(2)).await.unwrap();
     assert_eq!((now.generation, undone.generation), (1, 2));
     assert!(!store.generation_dir(&undone).exists());
     // The next upload does not reuse a number the store handed out before.
     assert_eq!(
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"three").await,
-                b"{}".to_vec(),
-                Some(1),
-                accept
-            )
+        put(&store, "bot", b"three", Some(1))
             .await
             .unwrap()
             .0
@@ -176,26 +122,8 @@ async fn reopening_finds_everything_and_sweeps_half_writes() {
     let root = tempfile::tempdir().unwrap();
     {
         let store = AdapterStore::open(root.path()).unwrap();
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"one").await,
-                b"{}".to_vec(),
-                None,
-                accept,
-            )
-            .await
-            .unwrap();
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"two").await,
-                b"{}".to_vec(),
-                Some(1),
-                accept,
-            )
-            .await
-            .unwrap();
+        put(&store, "bot", b"one", None).await.unwrap();
+        put(&store, "bot", b"two", Some(1)).await.unwrap();
     }
     // A crash mid-upload leaves a staging folder; a broken adapter has no CURRENT.
     std::fs::create_dir_all(root.path().join(".staging/abc")).unwrap();
@@ -216,16 +144,7 @@ async fn reopening_finds_everything_and_sweeps_half_writes() {
 async fn a_failed_load_before_the_switch_leaves_nothing_behind() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
-    store
-        .put(
-            record("bot"),
-            staged(&store, b"one").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap();
+    put(&store, "bot", b"one", None).await.unwrap();
     let refuse = |_| async { Err(AdapterError::LoadTimeout) };
     assert!(
         store
@@ -308,17 +227,7 @@ async fn generations_are_never_reused_for_a_name_even_across_delete_and_restart(
     }
     let store = AdapterStore::open(root.path()).unwrap();
     assert!(store.current("acme", "bot").is_none());
-    let again = store
-        .put(
-            record("bot"),
-            staged(&store, b"w").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let again = put(&store, "bot", b"w", None).await.unwrap().0;
     assert_eq!(
         again.generation, 6,
         "the mark outlives the delete and the restart"
@@ -328,17 +237,7 @@ async fn generations_are_never_reused_for_a_name_even_across_delete_and_restart(
         "6"
     );
     // Another name has its own numbering.
-    let other = store
-        .put(
-            record("other"),
-            staged(&store, b"w").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let other = put(&store, "other", b"w", None).await.unwrap().0;
     assert_eq!(other.generation, 1);
 }
 
@@ -349,15 +248,7 @@ async fn an_unreadable_mark_refuses_rather_than_guessing() {
     std::fs::write(root.path().join("acme/.generations/bot"), b"garbage").unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
     assert!(matches!(
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"w").await,
-                b"{}".to_vec(),
-                None,
-                accept
-            )
-            .await,
+        put(&store, "bot", b"w", None).await,
         Err(AdapterError::Io(_))
     ));
     assert!(store.current("acme", "bot").is_none());
@@ -374,16 +265,7 @@ async fn a_generation_that_never_became_current_is_swept_at_open() {
     let root = tempfile::tempdir().unwrap();
     {
         let store = AdapterStore::open(root.path()).unwrap();
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"one").await,
-                b"{}".to_vec(),
-                None,
-                accept,
-            )
-            .await
-            .unwrap();
+        put(&store, "bot", b"one", None).await.unwrap();
     }
     // As a crash between an upload's rename and its switch leaves it: the
     // number was recorded before the folder was made.
@@ -402,17 +284,7 @@ async fn a_generation_that_never_became_current_is_swept_at_open() {
     let store = AdapterStore::open(root.path()).unwrap();
     assert_eq!(store.generations("acme", "bot"), vec![1]);
     assert!(!stray.exists());
-    let next = store
-        .put(
-            record("bot"),
-            staged(&store, b"two").await,
-            b"{}".to_vec(),
-            Some(1),
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let next = put(&store, "bot", b"two", Some(1)).await.unwrap().0;
     assert_eq!(next.generation, 3, "its number is not handed out again");
 }
 
@@ -436,17 +308,7 @@ async fn a_store_from_before_marks_continues_from_its_folders() {
     }
     std::fs::remove_dir_all(root.path().join("acme/.generations")).unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
-    let next = store
-        .put(
-            record("bot"),
-            staged(&store, b"three").await,
-            b"{}".to_vec(),
-            Some(2),
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let next = put(&store, "bot", b"three", Some(2)).await.unwrap().0;
     assert_eq!(next.generation, 3);
 }
 
@@ -454,28 +316,8 @@ async fn a_store_from_before_marks_continues_from_its_folders() {
 async fn a_refused_put_removes_its_staged_upload() {
     let root = tempfile::tempdir().unwrap();
     let store = AdapterStore::open(root.path()).unwrap();
-    store
-        .put(
-            record("bot"),
-            staged(&store, b"one").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap();
-    assert!(
-        store
-            .put(
-                record("bot"),
-                staged(&store, b"two").await,
-                b"{}".to_vec(),
-                Some(9),
-                accept
-            )
-            .await
-            .is_err()
-    );
+    put(&store, "bot", b"one", None).await.unwrap();
+    assert!(put(&store, "bot", b"two", Some(9)).await.is_err());
     let staging = store.stage().await.unwrap();
     let mut writer = staging.weights_writer(4).await.unwrap();
     assert!(matches!(
@@ -518,17 +360,7 @@ async fn a_slow_load_of_one_name_does_not_hold_up_other_names() {
         })
     };
     loading_seen.await.unwrap();
-    let other = store
-        .put(
-            record("other"),
-            staged(&store, b"x").await,
-            b"{}".to_vec(),
-            None,
-            accept,
-        )
-        .await
-        .unwrap()
-        .0;
+    let other = put(&store, "other", b"x", None).await.unwrap().0;
     assert_eq!(other.generation, 1);
     store.delete("acme", "other", Some(1)).await.unwrap();
     assert!(!slow.is_finished(), "the slow load is still running");
