@@ -158,21 +158,6 @@ pub(super) fn model(
         }
         (chosen, _) => chosen,
     };
-    if engine == EngineKind::SharedBase && model.device == DeviceKind::Cuda {
-        return Err(ConfigError::key(
-            "model.device",
-            "the shared-base engine runs on CPU in this build; use engine = \"mistralrs\" for CUDA",
-        ));
-    }
-    if engine == EngineKind::SharedBase
-        && model.dtype != ModelDtype::F32
-        && model.dtype != ModelDtype::Auto
-    {
-        return Err(ConfigError::key(
-            "model.dtype",
-            "the shared-base engine computes in f32 on CPU (f16/bf16 weights are converted at load); set f32 or auto",
-        ));
-    }
     if !remote && model.prefix_cache_entries > 0 {
         prefix_cache_supported(engine, paged_attention.is_some())
             .map_err(|why| ConfigError::key("model.prefix_cache_entries", why))?;

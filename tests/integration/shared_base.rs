@@ -197,6 +197,33 @@ async fn a_seeded_sampled_request_repeats_exactly() {
     );
 }
 
+/// Half precision (what the engine runs in on CUDA, where bf16 is the
+/// default) follows full precision: the same first token with its log
+/// probability within f16's rounding, and adapters apply in f16 too.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_precision_follows_full_precision() {
+    let full = TestServer::start();
+    let half = TestServer::with(&[("model.dtype", "f16")]);
+    let mut body = chat_body("Hi", 6);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let (exact, rounded) = (full.chat_ok(&body).await, half.chat_ok(&body).await);
+    let first = |answer: &Value| answer["choices"][0]["logprobs"]["content"][0].clone();
+    assert_eq!(first(&exact)["token"], first(&rounded)["token"]);
+    let logprob = |answer: &Value| first(answer)["logprob"].as_f64().unwrap();
+    let drift = (logprob(&exact) - logprob(&rounded)).abs();
+    assert!(drift < 0.05, "f16 moved the first log probability by {drift}");
+    upload(&half, "half-bot", 7).await;
+    let mut adapted = chat_body("Hi", 6);
+    adapted["model"] = json!("half-bot");
+    let adapted = half.chat_ok(&adapted).await;
+    assert_ne!(
+        content(&adapted),
+        content(&half.chat_ok(&chat_body("Hi", 6)).await),
+        "the adapter changes the output in f16 too"
+    );
+}
+
 /// `n` choices are `n` sequences: choice `i` of a seeded request is what
 /// one request with `seed + i` samples, the prompt is paid once and every
 /// choice's tokens are.

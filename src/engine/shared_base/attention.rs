@@ -2,9 +2,10 @@
 //! are appended to each sequence's own cache; each sequence then attends
 //! over its own cache only, so nothing is padded to the longest sequence.
 //!
-//! Decode rows (one token each, the common case under load) go through a
-//! fused loop run in parallel over (row, KV head), reading each sequence's
-//! cache in place. Prompt chunks use candle's matrix multiply over the
+//! On CPU with an f32 cache, decode rows (one token each, the common case
+//! under load) go through a fused loop run in parallel over (row, KV head),
+//! reading each sequence's cache in place. Prompt chunks, and every row on
+//! other devices and precisions, use candle's matrix multiply over the
 //! cache's strided view, with a causal mask offset by what is cached.
 
 use candle_core::{DType, Storage, Tensor};
@@ -43,6 +44,9 @@ pub fn attend(
     }
     let width = config.heads * head_dim;
     let q = q.to_dtype(DType::F32)?.contiguous()?;
+    if !v.device().is_cpu() || v.dtype() != DType::F32 {
+        return attend_by_sequence(config, layer, &q, sequences)?.to_dtype(v.dtype());
+    }
     let mut out = vec![0f32; rows * width];
     decode_rows(config, layer, &q, sequences, &mut out)?;
     for (span, cache) in sequences.iter().filter(|(span, _)| span.len > 1) {
@@ -51,6 +55,23 @@ pub fn attend(
         out[span.start * width..(span.start + span.len) * width].copy_from_slice(&values);
     }
     Tensor::from_vec(out, (rows, width), q.device())?.to_dtype(v.dtype())
+}
+
+/// Any device and cache precision: each sequence's rows (one decode token
+/// or a prompt chunk) attend through candle's own operations, in f32.
+fn attend_by_sequence(
+    config: &LlamaConfig,
+    layer: usize,
+    q: &Tensor,
+    sequences: &[(SequenceRows, &mut SequenceCache)],
+) -> candle_core::Result<Tensor> {
+    let mut order: Vec<&(SequenceRows, &mut SequenceCache)> = sequences.iter().collect();
+    order.sort_by_key(|(span, _)| span.start);
+    let pieces = order
+        .into_iter()
+        .map(|(span, cache)| prompt_chunk(config, layer, q, *span, cache))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&pieces, 0)
 }
 
 /// Borrows a contiguous f32 tensor's elements for the duration of `f`.
@@ -227,5 +248,64 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn axpy(weight: f32, x: &[f32], y: &mut [f32]) {
     for (out, value) in y.iter_mut().zip(x) {
         *out += weight * value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::engine::shared_base::kv::KvPool;
+
+    /// The fused CPU loop and the per-sequence path (every other device and
+    /// precision) agree on a step mixing a decode row and a prompt chunk.
+    #[test]
+    fn the_fused_loop_and_the_per_sequence_path_agree() {
+        let config = LlamaConfig::small_for_tests();
+        let device = Device::Cpu;
+        let pool = KvPool::new(&config, DType::F32, usize::MAX / 2);
+        let cache = || pool.allocate(&config, 8, DType::F32, &device).unwrap().unwrap();
+        let random = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &device).unwrap();
+        let (mut decoding, mut prompting) = (cache(), cache());
+        let (mut decoding_again, mut prompting_again) = (cache(), cache());
+        let (past_k, past_v) = (random(&[3, 1, 4]), random(&[3, 1, 4]));
+        for cache in [&mut decoding, &mut decoding_again] {
+            cache.append(0, &past_k, &past_v).unwrap();
+            cache.commit(3);
+        }
+        let (q, k, v) = (random(&[1, 3, 2, 4]), random(&[1, 3, 1, 4]), random(&[3, 4]));
+        let spans = [
+            SequenceRows { start: 0, len: 1 },
+            SequenceRows { start: 1, len: 2 },
+        ];
+        let mut fused_step = [
+            (spans[0], &mut decoding),
+            (spans[1], &mut prompting),
+        ];
+        let fused = attend(&config, 0, &q, &k, &v, &mut fused_step).unwrap();
+        let k_rows = k.reshape((3, 1, 4)).unwrap();
+        let v_rows = v.reshape((3, 1, 4)).unwrap();
+        let mut step = [
+            (spans[0], &mut decoding_again),
+            (spans[1], &mut prompting_again),
+        ];
+        for (span, cache) in step.iter_mut() {
+            let rows = |t: &Tensor| t.narrow(0, span.start, span.len).unwrap();
+            cache.append(0, &rows(&k_rows), &rows(&v_rows)).unwrap();
+        }
+        let q = q.contiguous().unwrap();
+        let generic = attend_by_sequence(&config, 0, &q, &step).unwrap();
+        let difference = (fused - generic)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(difference < 1e-5, "largest difference {difference}");
     }
 }

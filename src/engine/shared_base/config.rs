@@ -100,6 +100,29 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
 }
 
 impl LlamaConfig {
+    /// Two layers of two heads over one KV head of width 4: enough shape
+    /// for the caches and attention to be tested by hand.
+    #[cfg(test)]
+    pub fn small_for_tests() -> LlamaConfig {
+        LlamaConfig {
+            hidden: 8,
+            intermediate: 16,
+            layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            vocab: 10,
+            max_positions: 64,
+            rms_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: RopeScaling::None,
+            tie_embeddings: false,
+            qkv_bias: false,
+            bos_token: None,
+            eos_tokens: vec![1],
+        }
+    }
+
     pub fn from_model_dir(dir: &Path) -> Result<LlamaConfig, ConfigError> {
         let path = dir.join("config.json");
         let error = |key: &str, message: String| ConfigError {

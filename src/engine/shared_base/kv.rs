@@ -150,26 +150,9 @@ impl KvPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::shared_base::config::RopeScaling;
 
     fn config() -> LlamaConfig {
-        LlamaConfig {
-            hidden: 8,
-            intermediate: 16,
-            layers: 2,
-            heads: 2,
-            kv_heads: 1,
-            head_dim: 4,
-            vocab: 10,
-            max_positions: 64,
-            rms_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: RopeScaling::None,
-            tie_embeddings: false,
-            qkv_bias: false,
-            bos_token: None,
-            eos_tokens: vec![1],
-        }
+        LlamaConfig::small_for_tests()
     }
 
     #[test]

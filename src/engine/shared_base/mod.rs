@@ -47,7 +47,7 @@ use super::{
     AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard,
     OutputConstraint, PromptMessage, PromptTokens,
 };
-use crate::config::ModelConfig;
+use crate::config::{DeviceKind, ModelConfig, ModelDtype};
 use crate::prompt::chat::{ChatPrompt, PromptError};
 use crate::prompt::detokenize::IncrementalDecoder;
 use crate::prompt::run_blocking;
@@ -72,6 +72,23 @@ impl Drop for SharedBaseEngine {
     }
 }
 
+/// Where the weights, adapters and caches live, and in what precision:
+/// `f32` on CPU unless `model.dtype` says `f16`; `bf16` by default on CUDA
+/// (config validation refused `bf16` on CPU and CUDA without the feature).
+fn placement(settings: &ModelConfig) -> anyhow::Result<(Device, DType)> {
+    let device = match settings.device {
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Cuda => Device::new_cuda(0)
+            .map_err(|e| anyhow::anyhow!("config key `model.device`: no CUDA device: {e}"))?,
+    };
+    let dtype = match (settings.dtype, settings.device) {
+        (ModelDtype::F32, _) | (ModelDtype::Auto, DeviceKind::Cpu) => DType::F32,
+        (ModelDtype::F16, _) => DType::F16,
+        (ModelDtype::Bf16, _) | (ModelDtype::Auto, DeviceKind::Cuda) => DType::BF16,
+    };
+    Ok((device, dtype))
+}
+
 fn blocking_error(error: crate::prompt::blocking::BlockingError) -> EngineError {
     EngineError::Internal(error.to_string())
 }
@@ -94,8 +111,7 @@ impl SharedBaseEngine {
         sampled_tokens: IntCounter,
     ) -> anyhow::Result<SharedBaseEngine> {
         let llama = LlamaConfig::from_model_dir(dir)?;
-        let device = Device::Cpu;
-        let dtype = DType::F32;
+        let (device, dtype) = placement(settings)?;
         let prompt = ChatPrompt::from_model_dir(dir)?;
         let context_length = match settings.context_length {
             Some(wanted) if wanted > llama.max_positions => anyhow::bail!(
@@ -322,9 +338,9 @@ impl Engine for SharedBaseEngine {
     async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError> {
         let (path, config) = (adapter.weights.clone(), self.model.config.clone());
         let scale = adapter.alpha / adapter.rank.max(1) as f64;
-        let dtype = self.model.dtype;
+        let (dtype, device) = (self.model.dtype, self.model.device().clone());
         let weights =
-            run_blocking(move || AdapterWeights::load(&path, &config, scale, dtype, &Device::Cpu))
+            run_blocking(move || AdapterWeights::load(&path, &config, scale, dtype, &device))
                 .await
                 .map_err(blocking_error)?
                 .map_err(|e| EngineError::Internal(format!("loading adapter {id}: {e}")))?;

@@ -163,6 +163,11 @@ impl Model {
         })
     }
 
+    /// Where the weights live (adapters and caches go there too).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Bytes the weights hold.
     pub fn weight_bytes(&self) -> usize {
         let tensors = self.layers.iter().flat_map(|l| {

@@ -233,7 +233,7 @@ impl Scheduler {
             }
             let tokens = sequence.prompt_len + sequence.max_tokens;
             let config = &self.model.config;
-            match self.pool.allocate(config, tokens, DType::F32, &self.device) {
+            match self.pool.allocate(config, tokens, self.model.dtype, &self.device) {
                 Ok(Some(cache)) => {
                     sequence.cache = Some(cache);
                     self.running.push(*sequence);
