@@ -212,7 +212,10 @@ async fn half_precision_follows_full_precision() {
     assert_eq!(first(&exact)["token"], first(&rounded)["token"]);
     let logprob = |answer: &Value| first(answer)["logprob"].as_f64().unwrap();
     let drift = (logprob(&exact) - logprob(&rounded)).abs();
-    assert!(drift < 0.05, "f16 moved the first log probability by {drift}");
+    assert!(
+        drift < 0.05,
+        "f16 moved the first log probability by {drift}"
+    );
     upload(&half, "half-bot", 7).await;
     let mut adapted = chat_body("Hi", 6);
     adapted["model"] = json!("half-bot");

@@ -265,7 +265,11 @@ mod tests {
         let config = LlamaConfig::small_for_tests();
         let device = Device::Cpu;
         let pool = KvPool::new(&config, DType::F32, usize::MAX / 2);
-        let cache = || pool.allocate(&config, 8, DType::F32, &device).unwrap().unwrap();
+        let cache = || {
+            pool.allocate(&config, 8, DType::F32, &device)
+                .unwrap()
+                .unwrap()
+        };
         let random = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &device).unwrap();
         let (mut decoding, mut prompting) = (cache(), cache());
         let (mut decoding_again, mut prompting_again) = (cache(), cache());
@@ -274,15 +278,16 @@ mod tests {
             cache.append(0, &past_k, &past_v).unwrap();
             cache.commit(3);
         }
-        let (q, k, v) = (random(&[1, 3, 2, 4]), random(&[1, 3, 1, 4]), random(&[3, 4]));
+        let (q, k, v) = (
+            random(&[1, 3, 2, 4]),
+            random(&[1, 3, 1, 4]),
+            random(&[3, 4]),
+        );
         let spans = [
             SequenceRows { start: 0, len: 1 },
             SequenceRows { start: 1, len: 2 },
         ];
-        let mut fused_step = [
-            (spans[0], &mut decoding),
-            (spans[1], &mut prompting),
-        ];
+        let mut fused_step = [(spans[0], &mut decoding), (spans[1], &mut prompting)];
         let fused = attend(&config, 0, &q, &k, &v, &mut fused_step).unwrap();
         let k_rows = k.reshape((3, 1, 4)).unwrap();
         let v_rows = v.reshape((3, 1, 4)).unwrap();

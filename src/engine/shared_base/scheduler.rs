@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::attention::SequenceRows;
 use super::kv::KvPool;
@@ -233,7 +233,10 @@ impl Scheduler {
             }
             let tokens = sequence.prompt_len + sequence.max_tokens;
             let config = &self.model.config;
-            match self.pool.allocate(config, tokens, self.model.dtype, &self.device) {
+            match self
+                .pool
+                .allocate(config, tokens, self.model.dtype, &self.device)
+            {
                 Ok(Some(cache)) => {
                     sequence.cache = Some(cache);
                     self.running.push(*sequence);
