@@ -12,7 +12,9 @@
 #   3. serve it on device = cuda with paged attention on: /ready, the log shows
 #      cuda[0] and PagedAttention;
 #   4. stream chat completions at concurrency 1, 8, 32, 128 (TTFT, tokens/s);
-#      restart with paged attention off and measure again;
+#      restart with paged attention off and measure again; then the same on
+#      the shared-base engine (bf16 on CUDA, its own per-sequence caches);
+#      GPU_CHECK_MODES (default paged,nopaged,shared) picks the runs;
 #   5. $OUT/results.json and results.md; the table is printed last.
 # Dry run of the flow on a CPU machine (no GPU checks, tiny model, device = cpu):
 #   GPU_CHECK_DRY_RUN=1 GPU_CHECK_BIN=path/to/loragate [GPU_CHECK_PAGED_KEYS=0] bash scripts/gpu-check.sh
@@ -197,10 +199,11 @@ EOF
 # ------------------------------------------------------------------------ 3, 4
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-write_config() { # MODE(paged|nopaged) FILE
-  local enabled=false
+write_config() { # MODE(paged|nopaged|shared) FILE
+  local enabled=false engine=mistralrs
   # (A dry run on the CPU keeps it off: the gateway refuses paged attention off CUDA.)
   [[ $1 == paged && $DRY != 1 ]] && enabled=true
+  [[ $1 == shared ]] && engine=shared_base
   cat > "$2" <<EOF
 [server]
 bind = "127.0.0.1:8080"
@@ -211,6 +214,7 @@ path = "$WORK/$MODEL_NAME"
 format = "safetensors"
 dtype = "$DTYPE"
 device = "$DEVICE"
+engine = "$engine"
 context_length = 2048
 # One engine step batches up to the highest concurrency measured.
 max_num_seqs = 128
@@ -218,7 +222,7 @@ max_num_seqs = 128
 prefix_cache_entries = 0
 default_max_tokens = $MAX_TOKENS
 EOF
-  [[ $PAGED_KEYS == 1 ]] && cat >> "$2" <<EOF
+  [[ $PAGED_KEYS == 1 && $engine == mistralrs ]] && cat >> "$2" <<EOF
 
 [model.paged_attention]
 enabled = $enabled
@@ -242,9 +246,9 @@ format = "text"
 EOF
 }
 
-run_mode() { # MODE
-  local mode=$1 t0=$SECONDS port cfg="$WORK/gateway-$1.toml" glog="$OUT/gateway-$1.log"
-  say "step 3 ($mode): serve on $DEVICE, paged attention $([[ $mode == paged ]] && echo on || echo off)"
+run_mode() { # MODE MODES_LEFT (this one included)
+  local mode=$1 modes_left=$2 t0=$SECONDS port cfg="$WORK/gateway-$1.toml" glog="$OUT/gateway-$1.log"
+  say "step 3 ($mode): serve on $DEVICE, $([[ $mode == shared ]] && echo 'shared-base engine' || echo "mistral.rs, paged attention $([[ $mode == paged ]] && echo on || echo off)")"
   write_config "$mode" "$cfg"
   if ! "$BIN" check-config --config "$cfg"; then
     check "$mode: config accepted" 0 "loragate check-config refused $cfg (does this binary know [model.paged_attention]?)"
@@ -269,9 +273,16 @@ run_mode() { # MODE
   check "$mode: gateway ready" 1 "$((SECONDS - t_load)) s from start to /ready"
   strip_ansi "$glog" > "$WORK/gw.txt"
   local dev paged
-  dev="$(grep -Eo 'Layers [0-9]+-[0-9]+: [^ ]+ \([0-9]+ GB\)' "$WORK/gw.txt" | sort -u | paste -sd ';' -)"
-  if grep -Eq "$LAYER_RE" <<< "$dev" && { [[ $DRY == 1 ]] || ! grep -q ': cpu' <<< "$dev"; }; then check "$mode: engine on device $DEVICE" 1 "$dev"
-  else check "$mode: engine on device $DEVICE" 0 "no '$LAYER_RE' line in $glog"; fi
+  if [[ $mode == shared ]]; then
+    # The shared-base engine logs its device and dtype once loaded.
+    dev="$(grep -Eo 'device=[A-Za-z]+[^ ]* dtype=[A-Za-z0-9]+' "$WORK/gw.txt" | head -n1)"
+    if grep -Eq "device=$([[ $DRY == 1 ]] && echo Cpu || echo 'Cuda')" <<< "$dev"; then check "$mode: engine on device $DEVICE" 1 "$dev"
+    else check "$mode: engine on device $DEVICE" 0 "no 'shared-base engine loaded' line naming $DEVICE in $glog (${dev:-none})"; fi
+  else
+    dev="$(grep -Eo 'Layers [0-9]+-[0-9]+: [^ ]+ \([0-9]+ GB\)' "$WORK/gw.txt" | sort -u | paste -sd ';' -)"
+    if grep -Eq "$LAYER_RE" <<< "$dev" && { [[ $DRY == 1 ]] || ! grep -q ': cpu' <<< "$dev"; }; then check "$mode: engine on device $DEVICE" 1 "$dev"
+    else check "$mode: engine on device $DEVICE" 0 "no '$LAYER_RE' line in $glog"; fi
+  fi
   paged="$(grep -Eo 'Using PagedAttention with block size.*' "$WORK/gw.txt" | head -n1)"
   if [[ $DRY == 1 ]]; then
     echo "dry run: PagedAttention line: ${paged:-none} (paged attention is CUDA-only)"
@@ -279,8 +290,8 @@ run_mode() { # MODE
     if [[ -n "$paged" ]]; then check "paged: PagedAttention on" 1 "$paged; $(grep -Eo 'Allocating [0-9]+ MB for PagedAttention' "$WORK/gw.txt" | head -n1)"
     else check "paged: PagedAttention on" 0 "no 'Using PagedAttention' line in $glog"; fi
   else
-    if [[ -z "$paged" ]]; then check "nopaged: PagedAttention off" 1 ""
-    else check "nopaged: PagedAttention off" 0 "$paged"; fi
+    if [[ -z "$paged" ]]; then check "$mode: PagedAttention off" 1 ""
+    else check "$mode: PagedAttention off" 0 "$paged"; fi
   fi
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader | sed "s/^/GPU memory after load ($mode): /"
 
@@ -318,10 +329,11 @@ EOF
   fi
 
   say "step 4 ($mode): load generator, concurrency $CONCURRENCY, max_tokens $MAX_TOKENS"
-  # The paged run may use at most half of what is left, so the other run still gets its turn.
-  local lg_rc=0 lg_budget
+  # A run may use at most its share of what is left, so the later runs still get their turn.
+  local lg_rc=0 lg_budget share
   lg_budget="$(left 200)"
-  [[ $mode == paged ]] && lg_budget=$(( (DEADLINE - SECONDS - 30) / 2 < lg_budget ? (DEADLINE - SECONDS - 30) / 2 : lg_budget ))
+  share=$(( (DEADLINE - SECONDS - 30 * modes_left) / modes_left ))
+  (( share < lg_budget )) && lg_budget=$share
   (( lg_budget < 10 )) && lg_budget=10
   echo "load generator budget: ${lg_budget} s"
   timeout "$lg_budget" python3 "$ROOT/scripts/gpu/loadgen.py" --url "http://127.0.0.1:$port" --model "$MODEL_NAME" \
@@ -337,13 +349,20 @@ EOF
   phase_done "$mode" "$([[ $lg_rc == 0 ]] && echo ok || echo failed)" $((SECONDS - t0))
 }
 
-run_mode paged
-run_mode nopaged
+IFS=',' read -r -a MODES <<< "${GPU_CHECK_MODES:-paged,nopaged,shared}"
+for i in "${!MODES[@]}"; do
+  run_mode "${MODES[$i]}" $(( ${#MODES[@]} - i ))
+done
 
 if [[ -f "$OUT/parity-paged.json" && -f "$OUT/parity-nopaged.json" ]]; then
   same="$(python3 -c 'import json,sys; a,b=(json.load(open(p))["completion"] for p in sys.argv[1:3]); print(int(a==b))' \
           "$OUT/parity-paged.json" "$OUT/parity-nopaged.json")"
   check "paged and non-paged greedy completions identical" "$same" "" advisory
+fi
+if [[ -f "$OUT/parity-shared.json" && -f "$OUT/parity-nopaged.json" ]]; then
+  same="$(python3 -c 'import json,sys; a,b=(json.load(open(p))["completion"] for p in sys.argv[1:3]); print(int(a==b))' \
+          "$OUT/parity-shared.json" "$OUT/parity-nopaged.json")"
+  check "shared-base and mistral.rs greedy completions identical" "$same" "" advisory
 fi
 
 # Prompt length as the gateway counted it (for the table's header).
@@ -351,7 +370,7 @@ python3 - "$OUT" <<'EOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 env = json.loads((out / "env.json").read_text())
-for m in ("paged", "nopaged"):
+for m in ("paged", "nopaged", "shared"):
     try:
         lv = json.loads((out / f"loadgen-{m}.json").read_text())["levels"]
         env["prompt_tokens"] = next(l["prompt_tokens"] for l in lv if l["prompt_tokens"])

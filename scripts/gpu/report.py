@@ -4,13 +4,16 @@
     report.py OUT_DIR
 
 Reads OUT/env.json, OUT/checks.json (a JSON line per check), OUT/phases.tsv and
-OUT/loadgen-{paged,nopaged}.json when present; writes results.json and a markdown
+OUT/loadgen-{paged,nopaged,shared}.json when present; writes results.json and a markdown
 table, and prints the table. Missing pieces are reported as missing, never guessed.
 """
 
 import json
 import pathlib
 import sys
+
+
+NAMES = {"paged": "paged", "nopaged": "no-paged", "shared": "shared-base"}
 
 
 def load(path):
@@ -33,7 +36,7 @@ def main() -> int:
             name, status, secs = line.split("\t")
             phases.append({"phase": name, "status": status, "seconds": float(secs)})
     runs = {}
-    for mode in ("paged", "nopaged"):
+    for mode in ("paged", "nopaged", "shared"):
         data = load(out / f"loadgen-{mode}.json")
         runs[mode] = data["levels"] if data else None
     result = {"env": load(out / "env.json"), "phases": phases, "checks": checks, "runs": runs}
@@ -69,14 +72,17 @@ def main() -> int:
         "TTFT = send → first non-empty content delta (ms, p50 / p90); "
         "tok/s = all output tokens / wall time of the level; per-req = one stream's decode tok/s (p50).",
         "",
-        "| concurrency | paged TTFT p50 / p90 | paged tok/s | paged per-req | no-paged TTFT p50 / p90 | no-paged tok/s | no-paged per-req |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "Runs: mistral.rs 0.8.1 with paged attention (paged) and without (no-paged); "
+        "the shared-base engine (shared, per-sequence caches, no paged attention yet).",
+        "",
+        "| concurrency | " + " | ".join(f"{name} TTFT p50 / p90 | {name} tok/s | {name} per-req" for name in NAMES.values()) + " |",
+        "|---:|" + "---:|---:|---:|" * len(NAMES),
     ]
     for c in concs:
-        lines.append(f"| {c} | {cell('paged', c, ttft)} | {cell('paged', c, tps)} | {cell('paged', c, per_req)} | "
-                     f"{cell('nopaged', c, ttft)} | {cell('nopaged', c, tps)} | {cell('nopaged', c, per_req)} |")
+        lines.append(f"| {c} | " + " | ".join(
+            f"{cell(mode, c, ttft)} | {cell(mode, c, tps)} | {cell(mode, c, per_req)}" for mode in NAMES) + " |")
     if not concs:
-        lines.append("| – | no load-generator results | | | | | |")
+        lines.append("| – | no load-generator results |" + " |" * (3 * len(NAMES) - 1))
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     for ch in checks:
         verdict = "ok" if ch["ok"] else ("failed (advisory)" if ch.get("advisory") else "FAILED")

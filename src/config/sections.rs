@@ -158,6 +158,12 @@ pub(super) fn model(
         }
         (chosen, _) => chosen,
     };
+    if engine == EngineKind::SharedBase && paged_attention.is_some() && !remote {
+        return Err(ConfigError::key(
+            "model.paged_attention.enabled",
+            "the shared-base engine keeps one KV cache per sequence and has no paged attention yet; turn it off or use engine = \"mistralrs\"",
+        ));
+    }
     if !remote && model.prefix_cache_entries > 0 {
         prefix_cache_supported(engine, paged_attention.is_some())
             .map_err(|why| ConfigError::key("model.prefix_cache_entries", why))?;

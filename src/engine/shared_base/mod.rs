@@ -155,6 +155,8 @@ impl SharedBaseEngine {
             .spawn(move || scheduler.run())?;
         let created = crate::clock::unix_now_secs();
         tracing::info!(
+            device = ?model.device().location(),
+            dtype = ?dtype,
             weights_mib = model.weight_bytes() / (1 << 20),
             kv_budget_mib = kv_budget / (1 << 20),
             layers = llama.layers,
