@@ -257,6 +257,40 @@ impl Residency {
         }
     }
 
+    /// Loads `record` ahead of its first request if that costs nobody
+    /// anything: a free slot, or an idle adapter to evict. It never waits
+    /// for a busy slot, never drains one, and never goes ahead of requests
+    /// queued for a slot; `Ok(false)` when it did not load (the first
+    /// request will). An upload must not stall its admin or take the slot
+    /// another tenant is being served from.
+    pub async fn warm(
+        self: &Arc<Self>,
+        engine: Arc<dyn Engine>,
+        record: &AdapterRecord,
+    ) -> Result<bool, AdapterError> {
+        let id = engine_id(record);
+        let load = {
+            let mut state = self.state.lock();
+            if state.resident.get(&id).is_some_and(|slot| !slot.retired) {
+                return Ok(true);
+            }
+            match state.loading.get(&id) {
+                Some((load, _)) => load.clone(),
+                None if !state.waiting.is_empty() => return Ok(false),
+                None => match self.start_load(&mut state, engine, record, &id) {
+                    Ok(load) => load,
+                    Err(AdapterError::Busy) => return Ok(false),
+                    Err(error) => return Err(error),
+                },
+            }
+        };
+        match tokio::time::timeout(self.load_timeout, load).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(message)) => Err(AdapterError::Load(message)),
+            Err(_) => Err(AdapterError::LoadTimeout),
+        }
+    }
+
     fn take_ticket(self: &Arc<Self>, state: &mut State, ticket: &mut Option<WaitTicket>) {
         if ticket.is_none() {
             state.next_ticket += 1;

@@ -108,7 +108,7 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
     request_body(content = AdapterUpload, content_type = "multipart/form-data"),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Stored, loaded (with warm_on_upload) and serving; `ETag` is the generation.", body = AdapterInfo),
+        (status = 201, description = "Stored and serving; with warm_on_upload also loaded, when a slot is free or idle (a busy slot is never waited for). `ETag` is the generation.", body = AdapterInfo),
         (status = 400, description = "Invalid adapter or form (`invalid_adapter`, `invalid_upload`); the message names the problem.", body = ErrorResponse),
         crate::api::openapi::AdminAuthErrors,
         (status = 404, description = "No such tenant.", body = ErrorResponse),
@@ -146,7 +146,7 @@ pub async fn upload(
         store
             .put(record, staging, config, expected, |record| async move {
                 if warm {
-                    residency.acquire(warm_engine, &record).await.map(drop)
+                    residency.warm(warm_engine, &record).await.map(drop)
                 } else {
                     Ok(())
                 }

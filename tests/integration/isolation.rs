@@ -278,3 +278,53 @@ async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
         "{hog_requests_meanwhile} hog requests were served while the other adapter waited"
     );
 }
+
+/// An admin's upload warms the new adapter only into a free or idle slot:
+/// with the one slot serving another tenant's adapter, the upload neither
+/// waits for it nor drains it, and the new adapter loads on its first
+/// request instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_never_takes_a_busy_slot_to_warm_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = Arc::new(TestServer::with(&[
+        ("adapters.max_resident", "1"),
+        ("adapters.load_timeout_secs", "120"),
+    ]));
+    let evictions = "loragate_adapter_evictions_total{tenant=\"anonymous\"}";
+    let (busy, newcomer) = (common::tiny_adapter(91), common::tiny_adapter(92));
+    common::upload_adapter(&server, None, "anonymous", "busy", busy.path()).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Three clients with long answers: the slot is never idle.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut body = chat_body("hi", 48);
+                body["model"] = json!("busy");
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, answer) =
+                        server.post_json("/v1/chat/completions", &body, None).await;
+                    assert_eq!(status, 200, "{answer}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while done.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    common::upload_adapter(&server, None, "anonymous", "newcomer", newcomer.path()).await;
+    let evicted_by_the_upload = common::metric(&server, evictions).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(evicted_by_the_upload, 0.0, "the busy adapter kept its slot");
+    let mut body = chat_body("hi", 4);
+    body["model"] = json!("newcomer");
+    let (status, answer) = server.post_json("/v1/chat/completions", &body, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(common::metric(&server, evictions).await, 1.0);
+}
