@@ -16,8 +16,7 @@ use crate::metering::UsageReport;
     security(("bearer" = [])),
     responses(
         (status = 200, body = UsageReport),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant (`tenant_not_found`).", body = ErrorResponse),
+        crate::api::openapi::AdminTenantErrors,
         (status = 503, description = "The usage store is unreachable.", body = ErrorResponse),
     )
 )]

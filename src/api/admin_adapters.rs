@@ -110,8 +110,7 @@ fn etag(generation: u64) -> (header::HeaderName, String) {
     responses(
         (status = 201, description = "Stored and serving; with warm_on_upload also loaded, when a slot is free or idle (a busy slot is never waited for). `ETag` is the generation.", body = AdapterInfo),
         (status = 400, description = "Invalid adapter or form (`invalid_adapter`, `invalid_upload`); the message names the problem.", body = ErrorResponse),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant.", body = ErrorResponse),
+        crate::api::openapi::AdminTenantErrors,
         (status = 409, description = "`expected_generation` / `If-Match` does not match the current generation.", body = ErrorResponse),
         (status = 413, description = "A file is over its size cap.", body = ErrorResponse),
         (status = 500, description = "The adapter could not be stored or loaded.", body = ErrorResponse),
@@ -207,8 +206,7 @@ async fn prepare(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterList),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant.", body = ErrorResponse),
+        crate::api::openapi::AdminTenantErrors,
     )
 )]
 pub async fn list(
@@ -239,8 +237,7 @@ pub async fn list(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterInfo),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
+        crate::api::openapi::AdminAdapterErrors,
     )
 )]
 pub async fn get(
@@ -269,8 +266,7 @@ pub async fn get(
     security(("bearer" = [])),
     responses(
         (status = 200, body = AdapterDeleted),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
+        crate::api::openapi::AdminAdapterErrors,
         (status = 409, description = "`If-Match` does not match the current generation.", body = ErrorResponse),
     )
 )]
@@ -308,8 +304,7 @@ pub async fn delete(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The generation now served.", body = AdapterInfo),
-        crate::api::openapi::AdminAuthErrors,
-        (status = 404, description = "No such tenant or adapter.", body = ErrorResponse),
+        crate::api::openapi::AdminAdapterErrors,
         (status = 409, description = "No earlier generation, or `If-Match` mismatch.", body = ErrorResponse),
     )
 )]

@@ -69,16 +69,34 @@ pub enum TenantAuthErrors {
     Forbidden(ErrorResponse),
 }
 
-/// The authentication refusals of every admin route, declared once.
+/// The refusals of every admin route about one tenant, declared once.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
-pub enum AdminAuthErrors {
+pub enum AdminTenantErrors {
     /// Missing or invalid credentials.
     #[response(status = 401)]
     Unauthorized(ErrorResponse),
     /// Not an admin.
     #[response(status = 403)]
     Forbidden(ErrorResponse),
+    /// No such tenant (`tenant_not_found`).
+    #[response(status = 404)]
+    NoTenant(ErrorResponse),
+}
+
+/// The refusals of every admin route about one adapter, declared once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminAdapterErrors {
+    /// Missing or invalid credentials.
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorResponse),
+    /// No such tenant (`tenant_not_found`) or adapter (`adapter_not_found`).
+    #[response(status = 404)]
+    NotFound(ErrorResponse),
 }
 
 /// The refusals every inference route (chat, responses) shares past
