@@ -560,6 +560,16 @@ async fn replica_error_details_reach_the_log_not_the_client() {
     }
 }
 
+async fn stream_choices(gateway: &GatewayProcess, body: &Value) -> crate::common::StreamedChoices {
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    crate::common::streamed_choices(&response.text().await.unwrap())
+}
+
 /// `n` goes to the replica, which answers every choice; the gateway relays
 /// them by index, streamed (interleaved) or not, with the replica's usage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,26 +604,14 @@ async fn several_choices_pass_through_to_the_replica() {
 
     let mut streamed = ask("fleet", true);
     streamed["n"] = json!(2);
-    let response = client()
-        .post(fleet.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
-    let answer = crate::common::streamed_choices(&response.text().await.unwrap());
+    let answer = stream_choices(&fleet, &streamed).await;
     assert_eq!(answer.content[&0], contents[0]);
     assert_eq!(answer.content[&1], contents[1]);
     assert_eq!(answer.finish.len(), 2);
     assert_eq!(answer.usage.unwrap()["completion_tokens"], 6);
 
     streamed["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
-    let response = client()
-        .post(fleet.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
-    let answer = crate::common::streamed_choices(&response.text().await.unwrap());
+    let answer = stream_choices(&fleet, &streamed).await;
     assert_eq!(answer.call_ids[&0], ["call_mock1"]);
     assert_eq!(answer.call_ids[&1], ["call_mock2"]);
     assert!(answer.finish.values().all(|reason| reason == "tool_calls"));
