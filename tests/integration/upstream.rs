@@ -58,13 +58,17 @@ fn ask(model: &str, stream: bool) -> Value {
     })
 }
 
-async fn chat(gateway: &GatewayProcess, body: &Value) -> (u16, Value) {
-    let response = client()
+async fn post_chat(gateway: &GatewayProcess, body: &Value) -> reqwest::Response {
+    client()
         .post(gateway.url("/v1/chat/completions"))
         .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn chat(gateway: &GatewayProcess, body: &Value) -> (u16, Value) {
+    let response = post_chat(gateway, body).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -82,12 +86,7 @@ struct Streamed {
 
 async fn stream(gateway: &GatewayProcess, body: &Value) -> Streamed {
     let started = Instant::now();
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(gateway, body).await;
     let mut result = Streamed {
         status: response.status().as_u16(),
         content: String::new(),
@@ -414,12 +413,7 @@ async fn upstream_failures_map_to_gateway_statuses() {
 
     let saturated = MockUpstream::start("o", &["--fail-status", "429"]);
     let fleet = front(&[("o", saturated.url())], "model = \"mock-model\"", None);
-    let response = client()
-        .post(fleet.url("/v1/chat/completions"))
-        .json(&ask("fleet", false))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&fleet, &ask("fleet", false)).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("retry-after").is_some());
 }
@@ -524,12 +518,7 @@ async fn replica_error_details_reach_the_log_not_the_client() {
     let replica_address = failing.url().trim_start_matches("http://").to_string();
     let mut references = Vec::new();
     for streamed in [false, true] {
-        let response = client()
-            .post(fleet.url("/v1/chat/completions"))
-            .json(&ask("fleet", streamed))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&fleet, &ask("fleet", streamed)).await;
         assert_eq!(response.status(), 502);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "upstream_error", "{body}");
@@ -561,12 +550,7 @@ async fn replica_error_details_reach_the_log_not_the_client() {
 }
 
 async fn stream_choices(gateway: &GatewayProcess, body: &Value) -> crate::common::StreamedChoices {
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(gateway, body).await;
     crate::common::streamed_choices(&response.text().await.unwrap())
 }
 
@@ -646,12 +630,7 @@ async fn tool_calls_and_logprobs_pass_through() {
 
     let mut streamed = ask("fleet", true);
     streamed["tools"] = tools.clone();
-    let response = client()
-        .post(fleet.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&fleet, &streamed).await;
     let frames = crate::common::sse_data(&response.text().await.unwrap());
     let mut arguments = String::new();
     let mut id = None;
