@@ -226,14 +226,71 @@ async fn long_stop_sequences_are_refused() {
     assert_eq!(status, 200, "{answer}");
 }
 
+/// Clients sending back-to-back requests to one adapter until stopped,
+/// each answer checked.
+struct BusyClients {
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BusyClients {
+    /// Starts `clients` loops asking `model` for `tokens` tokens, and
+    /// returns once `warm_up` answers came back.
+    async fn start(
+        server: &std::sync::Arc<TestServer>,
+        model: &str,
+        clients: usize,
+        tokens: usize,
+        warm_up: usize,
+    ) -> BusyClients {
+        use std::sync::atomic::Ordering;
+        let busy = BusyClients {
+            done: Default::default(),
+            stop: Default::default(),
+            tasks: Vec::new(),
+        };
+        let mut body = chat_body("hi", tokens);
+        body["model"] = json!(model);
+        let tasks = (0..clients)
+            .map(|_| {
+                let (server, body) = (server.clone(), body.clone());
+                let (done, stop) = (busy.done.clone(), busy.stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, answer) =
+                            server.post_json("/v1/chat/completions", &body, None).await;
+                        assert_eq!(status, 200, "{answer}");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let busy = BusyClients { tasks, ..busy };
+        while busy.answered() < warm_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        busy
+    }
+
+    fn answered(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
 /// With one adapter slot, a tenant sending back-to-back requests to its
 /// adapter keeps that slot busy; another adapter's request must get the slot
 /// after the requests already holding it, not after the hog stops.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let server = Arc::new(TestServer::with(&[
+    let server = std::sync::Arc::new(TestServer::with(&[
         ("adapters.max_resident", "1"),
         ("adapters.warm_on_upload", "false"),
         ("adapters.load_timeout_secs", "120"),
@@ -241,35 +298,13 @@ async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
     let (hog, quiet) = (common::tiny_adapter(81), common::tiny_adapter(82));
     common::upload_adapter(&server, None, "anonymous", "hog", hog.path()).await;
     common::upload_adapter(&server, None, "anonymous", "quiet", quiet.path()).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut body = chat_body("hi", 24);
-                body["model"] = json!("hog");
-                while !stop.load(Ordering::Relaxed) {
-                    let (status, answer) =
-                        server.post_json("/v1/chat/completions", &body, None).await;
-                    assert_eq!(status, 200, "{answer}");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    while done.load(Ordering::Relaxed) < 4 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let before = done.load(Ordering::Relaxed);
+    let hogs = BusyClients::start(&server, "hog", 2, 24, 4).await;
+    let before = hogs.answered();
     let mut body = chat_body("hi", 4);
     body["model"] = json!("quiet");
     let (status, answer) = server.post_json("/v1/chat/completions", &body, None).await;
-    let hog_requests_meanwhile = done.load(Ordering::Relaxed) - before;
-    stop.store(true, Ordering::Relaxed);
-    for task in hogs {
-        task.await.unwrap();
-    }
+    let hog_requests_meanwhile = hogs.answered() - before;
+    hogs.stop().await;
     assert_eq!(status, 200, "{answer}");
     // The two hog requests holding the slot finish, then the quiet adapter
     // loads; a hog request that raced in between may finish too.
@@ -285,42 +320,18 @@ async fn a_busy_adapter_cannot_keep_the_only_slot_from_another() {
 /// request instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_never_takes_a_busy_slot_to_warm_up() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let server = Arc::new(TestServer::with(&[
+    let server = std::sync::Arc::new(TestServer::with(&[
         ("adapters.max_resident", "1"),
         ("adapters.load_timeout_secs", "120"),
     ]));
     let evictions = "loragate_adapter_evictions_total{tenant=\"anonymous\"}";
     let (busy, newcomer) = (common::tiny_adapter(91), common::tiny_adapter(92));
     common::upload_adapter(&server, None, "anonymous", "busy", busy.path()).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     // Three clients with long answers: the slot is never idle.
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut body = chat_body("hi", 48);
-                body["model"] = json!("busy");
-                while !stop.load(Ordering::Relaxed) {
-                    let (status, answer) =
-                        server.post_json("/v1/chat/completions", &body, None).await;
-                    assert_eq!(status, 200, "{answer}");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    while done.load(Ordering::Relaxed) < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let clients = BusyClients::start(&server, "busy", 3, 48, 2).await;
     common::upload_adapter(&server, None, "anonymous", "newcomer", newcomer.path()).await;
     let evicted_by_the_upload = common::metric(&server, evictions).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
+    clients.stop().await;
     assert_eq!(evicted_by_the_upload, 0.0, "the busy adapter kept its slot");
     let mut body = chat_body("hi", 4);
     body["model"] = json!("newcomer");
