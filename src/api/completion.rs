@@ -322,13 +322,17 @@ async fn generate_choices(
     ApiError,
 > {
     let choices = std::mem::replace(&mut request.choices, 1);
-    let mut streams = Vec::with_capacity(choices);
-    let mut progress = Vec::with_capacity(choices);
-    for choice in 0..choices {
+    // Started together, so the engine batches their prompts in one step;
+    // a failure drops the choices already started, which cancels them.
+    let started = futures_util::future::try_join_all((0..choices).map(|choice| {
         let mut one = request.clone();
         one.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(choice as u64));
-        // A failure drops the choices already started, which cancels them.
-        let (events, counted) = generate_retrying_once(state, engine, one).await?;
+        generate_retrying_once(state, engine, one)
+    }))
+    .await?;
+    let mut streams = Vec::with_capacity(choices);
+    let mut progress = Vec::with_capacity(choices);
+    for (choice, (events, counted)) in started.into_iter().enumerate() {
         streams.push(events.map(move |event| event.map(|e| e.for_choice(choice))));
         progress.push(counted);
     }

@@ -161,6 +161,27 @@ async fn several_choices_stream_by_index_with_one_usage_chunk() {
     );
 }
 
+/// mistral.rs runs the choices as sequences of one cache size, side by
+/// side (greedy: the same text in each).
+#[tokio::test(flavor = "multi_thread")]
+async fn several_choices_on_mistralrs() {
+    let server = TestServer::with(&[("model.engine", "mistralrs")]);
+    let mut body = chat_body("Count me", 5);
+    body["n"] = json!(3);
+    let whole = server.chat_ok(&body).await;
+    let one = server.chat_ok(&chat_body("Count me", 5)).await;
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        assert_eq!(choice["message"], one["choices"][0]["message"]);
+    }
+    assert_eq!(
+        whole["usage"]["completion_tokens"].as_u64(),
+        one["usage"]["completion_tokens"].as_u64().map(|n| 3 * n)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leading_space_of_the_first_token_is_kept() {
     let server = TestServer::start();
