@@ -120,7 +120,7 @@ fn refusal(
         .inc();
     let message = match (kind, retry_after) {
         (LimitKind::Tokens, None) => format!(
-            "Request too large: it needs {wanted_tokens} tokens (prompt plus max_tokens) but the limit is {} tokens per minute. Reduce max_tokens or the prompt.",
+            "Request too large: it needs {wanted_tokens} tokens (prompt plus max_tokens for each choice) but the limit is {} tokens per minute. Reduce max_tokens, n or the prompt.",
             tenant.limits.tokens_per_minute.unwrap_or(0)
         ),
         (kind, wait) => {
