@@ -15,6 +15,9 @@
 #      restart with paged attention off and measure again; then the same on
 #      the shared-base engine (bf16 on CUDA, its own per-sequence caches);
 #      GPU_CHECK_MODES (default paged,nopaged,shared) picks the runs;
+#      three seeded rank-16 adapters are uploaded to the mistral.rs (merged
+#      copies) and shared-base (unmerged) runs: each must answer unlike the
+#      base, and the two engines' greedy answers must agree;
 #   5. $OUT/results.json and results.md; the table is printed last.
 # Dry run of the flow on a CPU machine (no GPU checks, tiny model, device = cpu):
 #   GPU_CHECK_DRY_RUN=1 GPU_CHECK_BIN=path/to/loragate [GPU_CHECK_PAGED_KEYS=0] bash scripts/gpu-check.sh
@@ -170,6 +173,15 @@ if ! timeout "$(left 150)" python3 "$ROOT/scripts/gpu/make_model.py" --tokenizer
   fatal "benchmark model" "make_model.py failed"
 fi
 check "benchmark model written" 1 "$(tail -n1 "$WORK/model.json")"
+# Three seeded rank-16 q/v adapters shaped for it: each run serves them, and
+# the shared-base engine's greedy answers are compared with mistral.rs's
+# (which merges each adapter into its own copy of the base: the reference).
+rm -rf "$WORK/adapters"
+for i in 1 2 3; do
+  "$BIN" tiny-adapter --base "$WORK/$MODEL_NAME" --rank 16 --seed "$i" --out "$WORK/adapters/a$i" > /dev/null \
+    || fatal "adapters" "loragate tiny-adapter --base failed"
+done
+check "adapters written" 1 "3 x rank 16, q_proj/v_proj, $(du -sh "$WORK/adapters" | cut -f1)"
 phase_done model ok $((SECONDS - t0))
 
 # Reference greedy continuation from transformers, compared with the gateway's
@@ -237,8 +249,14 @@ max_in_flight = 128
 max_queued = 1024
 queue_timeout_ms = 300000
 
+[adapters]
+# Each run starts from an empty store of its own.
+dir = "$WORK/store-$1"
+
 [auth]
 enabled = false
+# The check uploads its adapters over the admin API, on loopback only.
+allow_open_admin = true
 
 [logging]
 level = "info"
@@ -250,6 +268,7 @@ run_mode() { # MODE MODES_LEFT (this one included)
   local mode=$1 modes_left=$2 t0=$SECONDS port cfg="$WORK/gateway-$1.toml" glog="$OUT/gateway-$1.log"
   say "step 3 ($mode): serve on $DEVICE, $([[ $mode == shared ]] && echo 'shared-base engine' || echo "mistral.rs, paged attention $([[ $mode == paged ]] && echo on || echo off)")"
   write_config "$mode" "$cfg"
+  rm -rf "$WORK/store-$mode"
   if ! "$BIN" check-config --config "$cfg"; then
     check "$mode: config accepted" 0 "loragate check-config refused $cfg (does this binary know [model.paged_attention]?)"
     phase_done "$mode" failed $((SECONDS - t0)); return 1
@@ -328,6 +347,23 @@ EOF
       "first $n of 32 characters agree (prompt tokens: gateway $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["prompt_tokens"], "/ transformers", d["reference_prompt_tokens"])' "$parity"))" advisory
   fi
 
+  if [[ $mode != paged ]]; then
+    # Each adapter over the admin API, then one greedy answer from each.
+    local answers uploaded=1
+    for i in 1 2 3; do
+      timeout "$(left 60)" "$BIN" upload --url "http://127.0.0.1:$port" --tenant anonymous --name "a$i" \
+        --dir "$WORK/adapters/a$i" > "$WORK/upload-$mode-a$i.json" 2>&1 || uploaded=0
+    done
+    if [[ $uploaded == 1 ]]; then check "$mode: 3 adapters uploaded" 1 ""
+    else check "$mode: 3 adapters uploaded" 0 "$(tail -n 3 "$WORK"/upload-"$mode"-a*.json | tr '\n' ' ')"; fi
+    answers="$(timeout "$(left 120)" python3 "$ROOT/scripts/gpu/adapter_answers.py" "http://127.0.0.1:$port" \
+               "$PARITY_PROMPT" "$OUT/adapters-$mode.json" "$MODEL_NAME" a1 a2 a3)" || answers=""
+    echo "adapter answers ($mode): ${answers:-failed}"
+    local distinct
+    distinct="$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); v=list(a.values()); print(int(None not in v and len(set(v)) == len(v)))' "$OUT/adapters-$mode.json" 2>/dev/null || echo 0)"
+    check "$mode: every adapter answers, each unlike the base and the others" "$distinct" "$OUT/adapters-$mode.json"
+  fi
+
   say "step 4 ($mode): load generator, concurrency $CONCURRENCY, max_tokens $MAX_TOKENS"
   # A run may use at most its share of what is left, so the later runs still get their turn.
   local lg_rc=0 lg_budget share
@@ -358,6 +394,12 @@ if [[ -f "$OUT/parity-paged.json" && -f "$OUT/parity-nopaged.json" ]]; then
   same="$(python3 -c 'import json,sys; a,b=(json.load(open(p))["completion"] for p in sys.argv[1:3]); print(int(a==b))' \
           "$OUT/parity-paged.json" "$OUT/parity-nopaged.json")"
   check "paged and non-paged greedy completions identical" "$same" "" advisory
+fi
+if [[ -f "$OUT/adapters-shared.json" && -f "$OUT/adapters-nopaged.json" ]]; then
+  # Unmerged (x.W + x.A.B) against merged (x.(W + B.A)): the same greedy
+  # answers, up to bf16 rounding late in the answer.
+  agree="$(python3 "$ROOT/scripts/gpu/adapter_answers.py" --compare "$OUT/adapters-shared.json" "$OUT/adapters-nopaged.json" a1 a2 a3)"
+  check "shared-base adapters match mistral.rs's merged copies" "${agree%% *}" "${agree#* }"
 fi
 if [[ -f "$OUT/parity-shared.json" && -f "$OUT/parity-nopaged.json" ]]; then
   same="$(python3 -c 'import json,sys; a,b=(json.load(open(p))["completion"] for p in sys.argv[1:3]); print(int(a==b))' \

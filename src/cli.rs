@@ -45,12 +45,18 @@ pub enum Command {
         #[command(subcommand)]
         command: JwtCommand,
     },
-    /// Write a seeded PEFT LoRA adapter for the tiny test model (rank 8, q_proj/v_proj).
+    /// Write a seeded PEFT LoRA adapter (q_proj/v_proj, alpha = 2 x rank) for
+    /// the tiny test model, or shaped for the model folder `--base`.
     TinyAdapter {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A model folder (config.json) to shape the adapter for.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+        rank: u64,
     },
     /// Upload an adapter to a running gateway (admin key), with a progress bar.
     Upload(UploadArgs),

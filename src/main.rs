@@ -69,8 +69,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint(&config, tenant, &scope, subject, ttl_secs)?);
             Ok(())
         }
-        Command::TinyAdapter { out, seed } => {
-            loragate::fixture::lora::write_tiny_adapter(&out, seed)?;
+        Command::TinyAdapter {
+            out,
+            seed,
+            base,
+            rank,
+        } => {
+            loragate::fixture::lora::write_seeded_adapter(
+                &out,
+                base.as_deref(),
+                seed,
+                rank as usize,
+            )?;
             println!("{}", out.display());
             Ok(())
         }
