@@ -372,9 +372,19 @@ EOF
   (( share < lg_budget )) && lg_budget=$share
   (( lg_budget < 10 )) && lg_budget=10
   echo "load generator budget: ${lg_budget} s"
+  # GPU memory sampled every 250 ms while the load runs: the run's peak.
+  local sampler=""
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/memory-$mode.txt" 2>/dev/null &
+    sampler=$!
+  fi
   timeout "$lg_budget" python3 "$ROOT/scripts/gpu/loadgen.py" --url "http://127.0.0.1:$port" --model "$MODEL_NAME" \
     --concurrency "$CONCURRENCY" --max-tokens "$MAX_TOKENS" --seconds "$LEVEL_SECONDS" --timeout 120 \
     --label "$mode" --out "$OUT/loadgen-$mode.json" || lg_rc=$?
+  if [[ -n $sampler ]]; then
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+    echo "peak GPU memory ($mode): $(sort -n "$OUT/memory-$mode.txt" | tail -n1) MiB"
+  fi
   if [[ $lg_rc == 0 ]]; then check "$mode: load generator" 1 "every request streamed to the end"
   else check "$mode: load generator" 0 "exit $lg_rc (124 = out of time); see loadgen-$mode.json and gateway-$mode.log"; fi
   if ! kill -0 "$GW_PID" 2>/dev/null; then

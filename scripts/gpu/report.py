@@ -39,7 +39,15 @@ def main() -> int:
     for mode in ("paged", "nopaged", "shared"):
         data = load(out / f"loadgen-{mode}.json")
         runs[mode] = data["levels"] if data else None
-    result = {"env": load(out / "env.json"), "phases": phases, "checks": checks, "runs": runs}
+    peaks = {}
+    for mode in NAMES:
+        try:
+            samples = [int(v) for v in (out / f"memory-{mode}.txt").read_text().split() if v.strip().isdigit()]
+            peaks[mode] = max(samples) if samples else None
+        except OSError:
+            peaks[mode] = None
+    result = {"env": load(out / "env.json"), "phases": phases, "checks": checks, "runs": runs,
+              "peak_gpu_memory_mib": peaks}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     def cell(mode, conc, fmt):
@@ -83,6 +91,8 @@ def main() -> int:
             f"{cell(mode, c, ttft)} | {cell(mode, c, tps)} | {cell(mode, c, per_req)}" for mode in NAMES) + " |")
     if not concs:
         lines.append("| – | no load-generator results |" + " |" * (3 * len(NAMES) - 1))
+    lines += ["", "Peak GPU memory during the load (MiB, nvidia-smi every 250 ms): " + ", ".join(
+        f"{NAMES[m]} {peaks[m] if peaks[m] is not None else '–'}" for m in NAMES)]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     for ch in checks:
         verdict = "ok" if ch["ok"] else ("failed (advisory)" if ch.get("advisory") else "FAILED")
