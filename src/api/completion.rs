@@ -39,7 +39,7 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::ratelimit::{Decision, LimitKind, RateSnapshot, TopUp};
 
-/// A generation that has produced its first event: from here on, failures
+/// A completion whose engine work has produced its first event: from here on, failures
 /// are reported inside the answer rather than as an HTTP status.
 pub struct RunningCompletion {
     pub id: String,
@@ -236,7 +236,7 @@ pub async fn start(
     let decoders = (0..choices)
         .map(|_| OutputDecoder::new(chat.output_mode()))
         .collect();
-    let mut request = chat.into_generation(card, prompt_tokens, state.default_max_tokens)?;
+    let mut request = chat.into_request(card, prompt_tokens, state.default_max_tokens)?;
     request.prompt_ids = prompt.ids;
     request.claim = claim_of(tenant);
     if let Some(reservation) = settlement.reservation() {

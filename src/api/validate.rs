@@ -430,7 +430,7 @@ impl ValidatedChat {
 
     /// Fixes the completion budget once the prompt's length is known, and
     /// refuses requests that cannot fit the model's context.
-    pub fn into_generation(
+    pub fn into_request(
         self,
         card: &ModelCard,
         prompt_tokens: usize,

@@ -78,7 +78,7 @@ fn choices_reserve_a_budget_each_and_are_bounded_in_process() {
     three.fit_model(&card(100)).unwrap();
     assert_eq!(three.choices(), 3);
     assert_eq!(three.wanted_tokens(&card(100), 10, Some(20)), 10 + 3 * 20);
-    let request = three.into_generation(&card(100), 10, Some(20)).unwrap();
+    let request = three.into_request(&card(100), 10, Some(20)).unwrap();
     assert_eq!(request.choices, 3);
     let mut many = chat(with("n", serde_json::json!(9))).unwrap();
     let refused = many
@@ -91,7 +91,7 @@ fn choices_reserve_a_budget_each_and_are_bounded_in_process() {
     };
     let mut many = chat(with("n", serde_json::json!(128))).unwrap();
     many.fit_model(&remote).unwrap();
-    assert_eq!(many.into_generation(&remote, 1, None).unwrap().choices, 128);
+    assert_eq!(many.into_request(&remote, 1, None).unwrap().choices, 128);
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn max_completion_tokens_wins_over_max_tokens() {
     request["max_completion_tokens"] = serde_json::json!(3);
     let generation = chat(request)
         .unwrap()
-        .into_generation(&card(100), 5, None)
+        .into_request(&card(100), 5, None)
         .unwrap();
     assert_eq!(generation.max_tokens, 3);
 }
@@ -166,7 +166,7 @@ fn context_is_enforced_with_prompt_and_completion() {
     let request = with("max_tokens", serde_json::json!(50));
     let error = chat(request)
         .unwrap()
-        .into_generation(&card(100), 60, None)
+        .into_request(&card(100), 60, None)
         .unwrap_err();
     let body = error.body().error;
     assert_eq!(body.code.as_deref(), Some("context_length_exceeded"));
@@ -174,18 +174,18 @@ fn context_is_enforced_with_prompt_and_completion() {
     // Without max_tokens, the rest of the context is the budget.
     let generation = chat(base())
         .unwrap()
-        .into_generation(&card(100), 60, None)
+        .into_request(&card(100), 60, None)
         .unwrap();
     assert_eq!(generation.max_tokens, 40);
     let generation = chat(base())
         .unwrap()
-        .into_generation(&card(100), 60, Some(16))
+        .into_request(&card(100), 60, Some(16))
         .unwrap();
     assert_eq!(generation.max_tokens, 16);
     // A prompt that fills the context leaves no room at all.
     let error = chat(base())
         .unwrap()
-        .into_generation(&card(100), 100, None)
+        .into_request(&card(100), 100, None)
         .unwrap_err();
     assert_eq!(
         error.body().error.code.as_deref(),
@@ -198,13 +198,13 @@ fn logit_bias_must_stay_inside_the_vocabulary() {
     let request = with("logit_bias", serde_json::json!({"100": 5}));
     let error = chat(request)
         .unwrap()
-        .into_generation(&card(1000), 5, None)
+        .into_request(&card(1000), 5, None)
         .unwrap_err();
     assert_eq!(error.body().error.param.as_deref(), Some("logit_bias"));
     let request = with("logit_bias", serde_json::json!({"99": -5}));
     let generation = chat(request)
         .unwrap()
-        .into_generation(&card(1000), 5, None)
+        .into_request(&card(1000), 5, None)
         .unwrap();
     assert_eq!(generation.sampling.logit_bias.get(&99), Some(&-5.0));
 }
@@ -217,7 +217,7 @@ fn response_formats_map_to_constraints() {
     );
     let generation = chat(request)
         .unwrap()
-        .into_generation(&card(100), 5, None)
+        .into_request(&card(100), 5, None)
         .unwrap();
     assert_eq!(generation.constraint, OutputConstraint::JsonObject);
     let bad = with(
@@ -235,7 +235,7 @@ fn logprobs_are_refused_where_the_engine_cannot_give_them() {
     let request = with("logprobs", serde_json::json!(true));
     let error = chat(request)
         .unwrap()
-        .into_generation(&card(100), 5, None)
+        .into_request(&card(100), 5, None)
         .unwrap_err();
     assert_eq!(error.body().error.param.as_deref(), Some("logprobs"));
     let mut request = with("logprobs", serde_json::json!(true));
@@ -246,7 +246,7 @@ fn logprobs_are_refused_where_the_engine_cannot_give_them() {
     };
     let generation = chat(request)
         .unwrap()
-        .into_generation(&honest, 5, None)
+        .into_request(&honest, 5, None)
         .unwrap();
     assert!(generation.sampling.logprobs);
     assert_eq!(generation.sampling.top_logprobs, 3);
