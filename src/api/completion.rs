@@ -39,8 +39,8 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::ratelimit::{Decision, LimitKind, RateSnapshot, TopUp};
 
-/// A completion whose engine work has produced its first event: from here on, failures
-/// are reported inside the answer rather than as an HTTP status.
+/// A completion whose engine work has produced its first event: from here
+/// on, failures are reported inside the answer rather than as an HTTP status.
 pub struct RunningCompletion {
     pub id: String,
     pub created: u64,
