@@ -301,7 +301,7 @@ impl Metrics {
             ),
             upstream_ejections: counter(
                 "upstream_ejections_total",
-                "Times a replica was taken out of rotation after consecutive failures.",
+                "Times a replica was taken out of rotation: after consecutive failed requests, or a failed health check.",
                 &["replica"],
             ),
             registry,

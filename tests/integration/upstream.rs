@@ -326,7 +326,8 @@ async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
         assert_eq!(served_by(&fleet, "bot0").await, victim);
     }
     // Its death was noticed: by a request refused on its port, or (when the
-    // health check got there first, as on a loaded machine) by an ejection.
+    // health check got there first, as on a loaded machine) by the health
+    // check's ejection.
     let text = metrics_text(&fleet.base).await;
     let refused = sample(
         &text,
@@ -340,6 +341,34 @@ async fn adapters_stick_to_a_replica_fail_over_and_come_back() {
         refused + ejected >= 1.0,
         "refused {refused}, ejected {ejected}"
     );
+}
+
+/// A replica that dies between requests is taken out of rotation by the
+/// health check alone, and that counts as an ejection like failed requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_health_check_counts_as_an_ejection() {
+    let mut replica = MockUpstream::start("h", &[]);
+    let fleet = front(
+        &[("h", replica.url())],
+        "model = \"mock-model\"\nhealth_interval_ms = 100",
+        None,
+    );
+    let up = "loragate_upstream_replica_up{replica=\"h\"}";
+    let ejections = "loragate_upstream_ejections_total{replica=\"h\"}";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sample(&metrics_text(&fleet.base).await, up) != 1.0 {
+        assert!(Instant::now() < deadline, "the replica never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.kill();
+    while sample(&metrics_text(&fleet.base).await, up) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead replica stayed in rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sample(&metrics_text(&fleet.base).await, ejections), 1.0);
 }
 
 async fn expect_error(gateway: &GatewayProcess, status: u16, code: &str) -> Value {

@@ -34,6 +34,12 @@ pub(super) async fn run(
                     tracing::info!(replica = %replica.name, "upstream replica passes its health check again");
                 } else {
                     tracing::warn!(replica = %replica.name, "upstream replica failed its health check");
+                    // Out of rotation, as after failed requests: one count
+                    // for operators whichever noticed first.
+                    metrics
+                        .upstream_ejections
+                        .with_label_values(&[&replica.name])
+                        .inc();
                 }
             }
             metrics
