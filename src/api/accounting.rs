@@ -11,6 +11,25 @@ use crate::metering::UsageMeter;
 use crate::metrics::Metrics;
 use crate::ratelimit::Reservation;
 
+/// Counts a generation's choices down to its end: the one place that
+/// decides when a generation of `n` choices is over.
+pub struct ChoicesLeft(usize);
+
+impl ChoicesLeft {
+    pub fn new(choices: usize) -> ChoicesLeft {
+        ChoicesLeft(choices)
+    }
+
+    /// Takes `event` into account; true when it finished the last choice.
+    pub fn ends_with(&mut self, event: &Result<InferenceEvent, EngineError>) -> bool {
+        if matches!(event, Ok(InferenceEvent::Finished { .. })) && self.0 > 0 {
+            self.0 -= 1;
+            return self.0 == 0;
+        }
+        false
+    }
+}
+
 /// Records TTFT, inter-token latency, duration and how the generation ended
 /// (with several choices: when the last one ended, and why).
 pub struct Outcome {
@@ -19,28 +38,21 @@ pub struct Outcome {
     started: Instant,
     last_text: Option<Instant>,
     ended: Option<&'static str>,
-    unfinished: usize,
 }
 
 impl Outcome {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        tenant: &str,
-        model: &str,
-        started: Instant,
-        choices: usize,
-    ) -> Outcome {
+    pub fn new(metrics: Arc<Metrics>, tenant: &str, model: &str, started: Instant) -> Outcome {
         Outcome {
             metrics,
             labels: [tenant.to_string(), model.to_string()],
             started,
             last_text: None,
             ended: None,
-            unfinished: choices,
         }
     }
 
-    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>) {
+    /// `complete`: the event finished the generation's last choice.
+    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>, complete: bool) {
         let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         match event {
             Ok(InferenceEvent::Delta { text, .. }) if !text.is_empty() => {
@@ -59,11 +71,7 @@ impl Outcome {
                 }
                 self.last_text = Some(now);
             }
-            Ok(InferenceEvent::Finished { reason, .. }) => {
-                self.unfinished = self.unfinished.saturating_sub(1);
-                if self.unfinished > 0 {
-                    return;
-                }
+            Ok(InferenceEvent::Finished { reason, .. }) if complete => {
                 self.ended = Some(reason.as_str());
                 self.metrics
                     .generation_duration
@@ -101,8 +109,8 @@ pub struct Settlement {
     /// Completion tokens so far, kept by the engine (one counter per
     /// generation); `None` until generating.
     progress: Option<Vec<Arc<AtomicU64>>>,
-    /// Choices not finished yet.
-    unfinished: usize,
+    /// Every choice finished: `finished_usage` is the whole count.
+    complete: bool,
     /// The engine's final counts of the finished choices.
     finished_usage: TokenUsage,
     /// Output goes to the client as it comes (a stream), not at the end.
@@ -128,7 +136,7 @@ impl Settlement {
             model: model.to_string(),
             prompt_tokens: 0,
             progress: None,
-            unfinished: 1,
+            complete: false,
             finished_usage: TokenUsage::default(),
             streamed,
             output_sent: false,
@@ -142,23 +150,18 @@ impl Settlement {
         self.reservation.as_mut()
     }
 
-    /// The engine started `choices` answers, counting their tokens in
-    /// `progress`.
-    pub fn generating(
-        &mut self,
-        prompt_tokens: usize,
-        choices: usize,
-        progress: Vec<Arc<AtomicU64>>,
-    ) {
+    /// The engine started, counting its tokens in `progress` (one counter
+    /// per generation behind the request's choices).
+    pub fn generating(&mut self, prompt_tokens: usize, progress: Vec<Arc<AtomicU64>>) {
         self.prompt_tokens = prompt_tokens as u64;
-        self.unfinished = choices;
         self.progress = Some(progress);
     }
 
-    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>) {
+    /// `complete`: the event finished the generation's last choice.
+    pub fn observe(&mut self, event: &Result<InferenceEvent, EngineError>, complete: bool) {
+        self.complete |= complete;
         match event {
             Ok(InferenceEvent::Finished { usage, .. }) => {
-                self.unfinished = self.unfinished.saturating_sub(1);
                 // The prompt is paid once, whatever the number of choices.
                 self.finished_usage.prompt_tokens = usage.prompt_tokens;
                 self.finished_usage.completion_tokens += usage.completion_tokens;
@@ -186,7 +189,7 @@ impl Settlement {
         let usage = self.finished_usage;
         Some(if !self.charged() {
             (0, 0)
-        } else if self.unfinished == 0 {
+        } else if self.complete {
             (usage.prompt_tokens as u64, usage.completion_tokens as u64)
         } else {
             let sampled = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
@@ -237,9 +240,10 @@ mod tests {
         let meter = Arc::new(UsageMeter::new(None, metrics.clone()));
         let mut settlement = Settlement::new(None, meter, metrics, "t", "m", streamed);
         let progress = sampled.iter().map(|&n| Arc::new(AtomicU64::new(n)));
-        settlement.generating(7, choices, progress.collect());
+        settlement.generating(7, progress.collect());
+        let mut left = ChoicesLeft::new(choices);
         for event in events {
-            settlement.observe(event);
+            settlement.observe(event, left.ends_with(event));
         }
         let outcome = (settlement.charged(), settlement.used().expect("generating"));
         // Dropping meters outside a runtime would panic on the spawn.

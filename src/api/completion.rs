@@ -267,14 +267,8 @@ pub async fn start(
     } else {
         generate_choices(state, &engine, request).await?
     };
-    settlement.generating(prompt_tokens, choices, progress);
-    let outcome = Outcome::new(
-        state.metrics.clone(),
-        &tenant.id,
-        &resolved.label,
-        started,
-        choices,
-    );
+    settlement.generating(prompt_tokens, progress);
+    let outcome = Outcome::new(state.metrics.clone(), &tenant.id, &resolved.label, started);
     let engine_side = EngineSide {
         events,
         outcome,

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::adapters::AdapterLease;
-use crate::api::accounting::{Outcome, Settlement};
+use crate::api::accounting::{ChoicesLeft, Outcome, Settlement};
 use crate::engine::{AdmissionPermit, EngineError, EventStream, InferenceEvent};
 
 pub type Event = Result<InferenceEvent, EngineError>;
@@ -176,7 +176,7 @@ async fn generate(
     ticks: &mut tokio::time::Interval,
     write_idle_timeout: Duration,
 ) -> bool {
-    let mut unfinished = engine.choices;
+    let mut left = ChoicesLeft::new(engine.choices);
     loop {
         tokio::select! {
             event = engine.events.next() => {
@@ -184,12 +184,10 @@ async fn generate(
                     // The client sees the queue end without a finish.
                     return true;
                 };
-                engine.outcome.observe(&event);
-                engine.settlement.observe(&event);
-                if matches!(event, Ok(InferenceEvent::Finished { .. })) {
-                    unfinished = unfinished.saturating_sub(1);
-                }
-                let last = unfinished == 0 || event.is_err();
+                let complete = left.ends_with(&event);
+                engine.outcome.observe(&event, complete);
+                engine.settlement.observe(&event, complete);
+                let last = complete || event.is_err();
                 backlog.sent();
                 if sender.send(event).is_err() {
                     return false;
