@@ -28,6 +28,15 @@ use crate::metrics::Metrics;
 
 type Load = Shared<BoxFuture<'static, Result<(), String>>>;
 
+/// Waits up to `within` for a load shared by everyone who wants the adapter.
+async fn finished(load: Load, within: Duration) -> Result<(), AdapterError> {
+    match tokio::time::timeout(within, load).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(AdapterError::Load(message)),
+        Err(_) => Err(AdapterError::LoadTimeout),
+    }
+}
+
 /// How often a load waiting for a free slot looks again.
 const SLOT_POLL: Duration = Duration::from_millis(25);
 
@@ -249,11 +258,7 @@ impl Residency {
                 continue;
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, load).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(message)) => return Err(AdapterError::Load(message)),
-                Err(_) => return Err(AdapterError::LoadTimeout),
-            }
+            finished(load, remaining).await?;
         }
     }
 
@@ -284,11 +289,7 @@ impl Residency {
                 },
             }
         };
-        match tokio::time::timeout(self.load_timeout, load).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(message)) => Err(AdapterError::Load(message)),
-            Err(_) => Err(AdapterError::LoadTimeout),
-        }
+        finished(load, self.load_timeout).await.map(|()| true)
     }
 
     fn take_ticket(self: &Arc<Self>, state: &mut State, ticket: &mut Option<WaitTicket>) {
