@@ -21,8 +21,7 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use loragate::config::Config;
 use loragate::engine::{
-    AdapterFiles, Engine, InferenceEvent, InferenceRequest, OutputConstraint, PromptMessage, Role,
-    Sampling,
+    AdapterFiles, Engine, InferenceEvent, InferenceRequest, PromptMessage, Role,
 };
 use loragate::fixture::lora::{AdapterSpec, write_adapter};
 use serde_json::json;
@@ -104,25 +103,7 @@ async fn stream(engine: &Arc<dyn Engine>, model: &str, tokens: usize) -> Result<
     }];
     let started = Instant::now();
     let prompt = engine.count_prompt_tokens(model, &messages, None).await?;
-    let request = InferenceRequest {
-        model: model.into(),
-        messages,
-        sampling: Sampling {
-            temperature: Some(0.0),
-            ..Sampling::default()
-        },
-        max_tokens: tokens,
-        prompt_tokens: prompt.count,
-        stop: Vec::new(),
-        constraint: OutputConstraint::None,
-        max_tokens_chosen: true,
-        stream: true,
-        prompt_ids: prompt.ids,
-        claim: Default::default(),
-        choices: 1,
-        tools: None,
-        passthrough: Default::default(),
-    };
+    let request = InferenceRequest::greedy(model, messages, prompt, tokens);
     let mut events = engine.generate(request).await?.events;
     let (mut first, mut last, mut generated) = (None, started, 0);
     while let Some(event) = events.next().await {

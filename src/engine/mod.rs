@@ -209,6 +209,38 @@ pub struct InferenceRequest {
     pub choices: usize,
 }
 
+impl InferenceRequest {
+    /// One greedy, streamed answer of `max_tokens` to `messages` measured as
+    /// `prompt`, with nothing else asked: what callers of an engine without
+    /// the gateway in front (benchmarks, reference tests) send.
+    pub fn greedy(
+        model: &str,
+        messages: Vec<PromptMessage>,
+        prompt: PromptTokens,
+        max_tokens: usize,
+    ) -> InferenceRequest {
+        InferenceRequest {
+            model: model.into(),
+            messages,
+            sampling: Sampling {
+                temperature: Some(0.0),
+                ..Sampling::default()
+            },
+            max_tokens,
+            prompt_tokens: prompt.count,
+            stop: Vec::new(),
+            constraint: OutputConstraint::None,
+            tools: None,
+            passthrough: serde_json::Map::new(),
+            max_tokens_chosen: true,
+            stream: true,
+            prompt_ids: prompt.ids,
+            claim: Default::default(),
+            choices: 1,
+        }
+    }
+}
+
 /// A measured prompt: its length, and its ids when the engine has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptTokens {

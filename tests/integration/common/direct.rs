@@ -6,8 +6,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use loragate::config::Config;
 use loragate::engine::{
-    AdapterFiles, Engine, InferenceEvent, InferenceRequest, OutputConstraint, PromptMessage, Role,
-    Sampling,
+    AdapterFiles, Engine, InferenceEvent, InferenceRequest, PromptMessage, Role,
 };
 use loragate::fixture::lora::AdapterSpec;
 
@@ -32,25 +31,7 @@ pub async fn greedy(engine: &dyn Engine, model: &str, prompt: &str, max_tokens: 
         .count_prompt_tokens(model, &messages, None)
         .await
         .unwrap();
-    let request = InferenceRequest {
-        model: model.into(),
-        messages,
-        sampling: Sampling {
-            temperature: Some(0.0),
-            ..Sampling::default()
-        },
-        max_tokens,
-        prompt_tokens: prompt.count,
-        stop: Vec::new(),
-        constraint: OutputConstraint::None,
-        tools: None,
-        passthrough: Default::default(),
-        max_tokens_chosen: true,
-        stream: true,
-        prompt_ids: prompt.ids,
-        claim: Default::default(),
-        choices: 1,
-    };
+    let request = InferenceRequest::greedy(model, messages, prompt, max_tokens);
     let mut stream = engine.generate(request).await.unwrap().events;
     let mut text = String::new();
     while let Some(event) = stream.next().await {
