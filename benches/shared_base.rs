@@ -89,8 +89,7 @@ async fn load(base: &Path, engine: &str) -> Result<Arc<dyn Engine>> {
         base.display()
     );
     let config = Config::from_toml_str(&text, Vec::new(), Path::new("/"))?;
-    let counter = prometheus::IntCounter::new("sampled", "sampled")?;
-    loragate::server::load_engine(&config.model, counter).await
+    loragate::server::load_engine(&config.model, loragate::engine::EngineMetrics::detached()).await
 }
 
 /// One greedy stream: (TTFT seconds, decode tokens/s, tokens).

@@ -13,8 +13,10 @@
 #      cuda[0] and PagedAttention;
 #   4. stream chat completions at concurrency 1, 8, 32, 128 (TTFT, tokens/s);
 #      restart with paged attention off and measure again; then the same on
-#      the shared-base engine (bf16 on CUDA, its own per-sequence caches);
-#      GPU_CHECK_MODES (default paged,nopaged,shared) picks the runs;
+#      the shared-base engine (bf16 on CUDA), with its paged KV pool and
+#      mistral.rs's paged-attention kernels (shared-paged) and with its own
+#      per-sequence caches (shared);
+#      GPU_CHECK_MODES (default shared-paged,shared,nopaged,paged) picks the runs;
 #      three seeded rank-16 adapters are uploaded to the mistral.rs (merged
 #      copies) and shared-base (unmerged) runs: each must answer unlike the
 #      base, and the two engines' greedy answers must agree;
@@ -47,7 +49,7 @@ START=$SECONDS
 DEADLINE=$((SECONDS + BUDGET_S))
 MAX_TOKENS="${GPU_CHECK_MAX_TOKENS:-128}"
 CONCURRENCY="${GPU_CHECK_CONCURRENCY:-1,8,32,128}"
-LEVEL_SECONDS="${GPU_CHECK_LEVEL_SECONDS:-20}"
+LEVEL_SECONDS="${GPU_CHECK_LEVEL_SECONDS:-12}"
 MODEL_NAME=bench-1b
 PARITY_PROMPT="What is the capital of France? Answer in one word."
 DRY="${GPU_CHECK_DRY_RUN:-0}"
@@ -211,11 +213,13 @@ EOF
 # ------------------------------------------------------------------------ 3, 4
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-write_config() { # MODE(paged|nopaged|shared) FILE
+write_config() { # MODE(paged|nopaged|shared|shared-paged) FILE
   local enabled=false engine=mistralrs
-  # (A dry run on the CPU keeps it off: the gateway refuses paged attention off CUDA.)
+  # (A dry run on the CPU keeps it off for mistral.rs, which pages on CUDA
+  # only; the shared-base engine pages on every device.)
   [[ $1 == paged && $DRY != 1 ]] && enabled=true
-  [[ $1 == shared ]] && engine=shared_base
+  [[ $1 == shared* ]] && engine=shared_base
+  [[ $1 == shared-paged ]] && enabled=true
   cat > "$2" <<EOF
 [server]
 bind = "127.0.0.1:8080"
@@ -234,7 +238,7 @@ max_num_seqs = 128
 prefix_cache_entries = 0
 default_max_tokens = $MAX_TOKENS
 EOF
-  [[ $PAGED_KEYS == 1 && $engine == mistralrs ]] && cat >> "$2" <<EOF
+  [[ $PAGED_KEYS == 1 && ( $engine == mistralrs || $enabled == true ) ]] && cat >> "$2" <<EOF
 
 [model.paged_attention]
 enabled = $enabled
@@ -266,7 +270,7 @@ EOF
 
 run_mode() { # MODE MODES_LEFT (this one included)
   local mode=$1 modes_left=$2 t0=$SECONDS port cfg="$WORK/gateway-$1.toml" glog="$OUT/gateway-$1.log"
-  say "step 3 ($mode): serve on $DEVICE, $([[ $mode == shared ]] && echo 'shared-base engine' || echo "mistral.rs, paged attention $([[ $mode == paged ]] && echo on || echo off)")"
+  say "step 3 ($mode): serve on $DEVICE, $([[ $mode == shared* ]] && echo "shared-base engine, paged attention $([[ $mode == shared-paged ]] && echo on || echo off)" || echo "mistral.rs, paged attention $([[ $mode == paged ]] && echo on || echo off)")"
   write_config "$mode" "$cfg"
   rm -rf "$WORK/store-$mode"
   if ! "$BIN" check-config --config "$cfg"; then
@@ -292,7 +296,7 @@ run_mode() { # MODE MODES_LEFT (this one included)
   check "$mode: gateway ready" 1 "$((SECONDS - t_load)) s from start to /ready"
   strip_ansi "$glog" > "$WORK/gw.txt"
   local dev paged
-  if [[ $mode == shared ]]; then
+  if [[ $mode == shared* ]]; then
     # The shared-base engine logs its device and dtype once loaded.
     dev="$(grep -Eo 'device=[A-Za-z]+[^ ]* dtype=[A-Za-z0-9]+' "$WORK/gw.txt" | head -n1)"
     if grep -Eq "device=$([[ $DRY == 1 ]] && echo Cpu || echo 'Cuda')" <<< "$dev"; then check "$mode: engine on device $DEVICE" 1 "$dev"
@@ -303,7 +307,11 @@ run_mode() { # MODE MODES_LEFT (this one included)
     else check "$mode: engine on device $DEVICE" 0 "no '$LAYER_RE' line in $glog"; fi
   fi
   paged="$(grep -Eo 'Using PagedAttention with block size.*' "$WORK/gw.txt" | head -n1)"
-  if [[ $DRY == 1 ]]; then
+  if [[ $mode == shared* ]]; then
+    local want=false; [[ $mode == shared-paged ]] && want=true
+    paged="$(grep -Eo 'paged_attention=(true|false)' "$WORK/gw.txt" | head -n1)"
+    check "$mode: paged KV $want" "$([[ $paged == "paged_attention=$want" ]] && echo 1 || echo 0)" "${paged:-no paged_attention= field in the engine's load line}"
+  elif [[ $DRY == 1 ]]; then
     echo "dry run: PagedAttention line: ${paged:-none} (paged attention is CUDA-only)"
   elif [[ $mode == paged ]]; then
     if [[ -n "$paged" ]]; then check "paged: PagedAttention on" 1 "$paged; $(grep -Eo 'Allocating [0-9]+ MB for PagedAttention' "$WORK/gw.txt" | head -n1)"
@@ -395,7 +403,7 @@ EOF
   phase_done "$mode" "$([[ $lg_rc == 0 ]] && echo ok || echo failed)" $((SECONDS - t0))
 }
 
-IFS=',' read -r -a MODES <<< "${GPU_CHECK_MODES:-paged,nopaged,shared}"
+IFS=',' read -r -a MODES <<< "${GPU_CHECK_MODES:-shared-paged,shared,nopaged,paged}"
 for i in "${!MODES[@]}"; do
   run_mode "${MODES[$i]}" $(( ${#MODES[@]} - i ))
 done
@@ -405,11 +413,17 @@ if [[ -f "$OUT/parity-paged.json" && -f "$OUT/parity-nopaged.json" ]]; then
           "$OUT/parity-paged.json" "$OUT/parity-nopaged.json")"
   check "paged and non-paged greedy completions identical" "$same" "" advisory
 fi
-if [[ -f "$OUT/adapters-shared.json" && -f "$OUT/adapters-nopaged.json" ]]; then
-  # Unmerged (x.W + x.A.B) against merged (x.(W + B.A)): the same greedy
-  # answers, up to bf16 rounding late in the answer.
-  agree="$(python3 "$ROOT/scripts/gpu/adapter_answers.py" --compare "$OUT/adapters-shared.json" "$OUT/adapters-nopaged.json" a1 a2 a3)"
-  check "shared-base adapters match mistral.rs's merged copies" "${agree%% *}" "${agree#* }"
+for shared in shared shared-paged; do
+  if [[ -f "$OUT/adapters-$shared.json" && -f "$OUT/adapters-nopaged.json" ]]; then
+    # Unmerged (x.W + x.A.B) against merged (x.(W + B.A)): the same greedy
+    # answers, up to bf16 rounding late in the answer.
+    agree="$(python3 "$ROOT/scripts/gpu/adapter_answers.py" --compare "$OUT/adapters-$shared.json" "$OUT/adapters-nopaged.json" a1 a2 a3)"
+    check "$shared adapters match mistral.rs's merged copies" "${agree%% *}" "${agree#* }"
+  fi
+done
+if [[ -f "$OUT/adapters-shared.json" && -f "$OUT/adapters-shared-paged.json" ]]; then
+  agree="$(python3 "$ROOT/scripts/gpu/adapter_answers.py" --compare "$OUT/adapters-shared-paged.json" "$OUT/adapters-shared.json" a1 a2 a3)"
+  check "shared-base paged and per-sequence caches answer alike" "${agree%% *}" "${agree#* }"
 fi
 if [[ -f "$OUT/parity-shared.json" && -f "$OUT/parity-nopaged.json" ]]; then
   same="$(python3 -c 'import json,sys; a,b=(json.load(open(p))["completion"] for p in sys.argv[1:3]); print(int(a==b))' \
@@ -422,7 +436,7 @@ python3 - "$OUT" <<'EOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 env = json.loads((out / "env.json").read_text())
-for m in ("paged", "nopaged", "shared"):
+for m in ("shared-paged", "shared", "paged", "nopaged"):
     try:
         lv = json.loads((out / f"loadgen-{m}.json").read_text())["levels"]
         env["prompt_tokens"] = next(l["prompt_tokens"] for l in lv if l["prompt_tokens"])

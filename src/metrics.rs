@@ -43,6 +43,10 @@ pub struct Metrics {
     /// Generations started again because the engine failed before
     /// producing anything (an engine that stopped and restarted).
     pub engine_retries: IntCounter,
+    /// Shared-base engine with paged KV: sequences that gave their blocks
+    /// back to be recomputed, and the pool's free blocks.
+    pub kv_preemptions: IntCounter,
+    pub kv_blocks_free: IntGauge,
     pub time_to_first_token: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub generation_duration: HistogramVec,
@@ -175,6 +179,18 @@ impl Metrics {
                     "Generations retried once because the engine failed before producing anything.",
                 ))
                 .expect("valid metric"),
+            ),
+            kv_preemptions: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "engine_kv_preemptions_total",
+                    "Sequences whose KV blocks were taken back when the paged pool ran out (recomputed later).",
+                ))
+                .expect("valid metric"),
+            ),
+            kv_blocks_free: gauge(
+                "engine_kv_blocks_free",
+                "Free blocks of the shared-base engine's paged KV pool.",
             ),
             time_to_first_token: histogram(
                 "time_to_first_token_seconds",

@@ -7,20 +7,22 @@ use std::time::Instant;
 use crate::adapters::seed::{Seeded, seed_all};
 use crate::app;
 use crate::config::{Config, EngineKind, ModelConfig};
-use crate::engine::Engine;
 use crate::engine::mistral::MistralEngine;
 use crate::engine::shared_base::SharedBaseEngine;
 use crate::engine::upstream::UpstreamEngine;
+use crate::engine::{Engine, EngineMetrics};
 
 /// Loads the in-process engine the configuration names.
 pub async fn load_engine(
     model: &ModelConfig,
-    sampled_tokens: prometheus::IntCounter,
+    metrics: EngineMetrics,
 ) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(match model.engine {
-        EngineKind::Mistralrs => Arc::new(MistralEngine::load(model, sampled_tokens).await?),
+        EngineKind::Mistralrs => {
+            Arc::new(MistralEngine::load(model, metrics.sampled_tokens).await?)
+        }
         EngineKind::SharedBase | EngineKind::Auto => {
-            Arc::new(SharedBaseEngine::load(model, sampled_tokens).await?)
+            Arc::new(SharedBaseEngine::load(model, metrics).await?)
         }
     })
 }
@@ -69,10 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let handle = running.server.handle();
     let state = running.state.clone();
-    let sampled = running
-        .metrics
-        .sampled_tokens
-        .with_label_values(&[&config.model.served_name]);
+    let engine_metrics = EngineMetrics::exported(&running.metrics, &config.model.served_name);
     let model = config.model.clone();
     // Set before the server is told to stop, so the outcome is known however
     // the shutdown and the loader task interleave.
@@ -81,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         tracing::info!(path = %model.path.display(), format = ?model.format, engine = ?model.engine, "loading model");
-        match load_engine(&model, sampled).await {
+        match load_engine(&model, engine_metrics).await {
             Ok(engine) => {
                 tracing::info!(model = %model.served_name, seconds = started.elapsed().as_secs_f64(), "model ready");
                 state.install_engine(engine);

@@ -4,7 +4,7 @@
     report.py OUT_DIR
 
 Reads OUT/env.json, OUT/checks.json (a JSON line per check), OUT/phases.tsv and
-OUT/loadgen-{paged,nopaged,shared}.json when present; writes results.json and a markdown
+OUT/loadgen-{paged,nopaged,shared,shared-paged}.json when present; writes results.json and a markdown
 table, and prints the table. Missing pieces are reported as missing, never guessed.
 """
 
@@ -13,7 +13,8 @@ import pathlib
 import sys
 
 
-NAMES = {"paged": "paged", "nopaged": "no-paged", "shared": "shared-base"}
+NAMES = {"paged": "paged", "nopaged": "no-paged", "shared": "shared-base",
+         "shared-paged": "shared-base paged"}
 
 
 def load(path):
@@ -36,7 +37,7 @@ def main() -> int:
             name, status, secs = line.split("\t")
             phases.append({"phase": name, "status": status, "seconds": float(secs)})
     runs = {}
-    for mode in ("paged", "nopaged", "shared"):
+    for mode in NAMES:
         data = load(out / f"loadgen-{mode}.json")
         runs[mode] = data["levels"] if data else None
     peaks = {}
@@ -81,7 +82,8 @@ def main() -> int:
         "tok/s = all output tokens / wall time of the level; per-req = one stream's decode tok/s (p50).",
         "",
         "Runs: mistral.rs 0.8.1 with paged attention (paged) and without (no-paged); "
-        "the shared-base engine (shared, per-sequence caches, no paged attention yet).",
+        "the shared-base engine with per-sequence caches (shared-base) and with its paged KV pool "
+        "and mistral.rs's paged-attention kernels (shared-base paged).",
         "",
         "| concurrency | " + " | ".join(f"{name} TTFT p50 / p90 | {name} tok/s | {name} per-req" for name in NAMES.values()) + " |",
         "|---:|" + "---:|---:|---:|" * len(NAMES),

@@ -124,12 +124,6 @@ pub(super) fn model(
     let paged = &model.paged_attention;
     let paged_attention = match paged.enabled {
         false => None,
-        true if model.device != DeviceKind::Cuda => {
-            return Err(ConfigError::key(
-                "model.paged_attention.enabled",
-                "paged attention needs model.device = \"cuda\" (the engine has no CPU paged attention)",
-            ));
-        }
         true if ![8, 16, 32].contains(&paged.block_size) => {
             return Err(ConfigError::key(
                 "model.paged_attention.block_size",
@@ -158,10 +152,23 @@ pub(super) fn model(
         }
         (chosen, _) => chosen,
     };
-    if engine == EngineKind::SharedBase && paged_attention.is_some() && !remote {
+    // mistral.rs 0.8.1 pages on CUDA only; the shared-base engine pages on
+    // every device (on CPU with its own loop over the kernels' layout).
+    if engine == EngineKind::Mistralrs
+        && paged_attention.is_some()
+        && model.device != DeviceKind::Cuda
+        && !remote
+    {
         return Err(ConfigError::key(
             "model.paged_attention.enabled",
-            "the shared-base engine keeps one KV cache per sequence and has no paged attention yet; turn it off or use engine = \"mistralrs\"",
+            "paged attention with engine = \"mistralrs\" needs model.device = \"cuda\" (mistral.rs has no CPU paged attention)",
+        ));
+    }
+    if engine == EngineKind::SharedBase && paged_attention.is_some() && model.kv_cache_mib.is_some()
+    {
+        return Err(ConfigError::key(
+            "model.kv_cache_mib",
+            "with paged attention the shared-base engine's KV pool is sized by model.paged_attention.context_tokens; remove one of the two",
         ));
     }
     if !remote && model.prefix_cache_entries > 0 {

@@ -166,6 +166,30 @@ fn paged_attention_is_checked() {
     );
 }
 
+#[test]
+fn the_shared_base_engine_pages_on_cpu_with_one_pool_size() {
+    let dir = tempfile::tempdir().expect("model folder");
+    std::fs::write(dir.path().join("config.json"), "{}").expect("config.json");
+    let paged = |extra: &str| {
+        format!(
+            "[model]\nserved_name = \"m\"\npath = \"{}\"\nformat = \"safetensors\"\n{extra}[model.paged_attention]\nenabled = true\nblock_size = 16\ncontext_tokens = 4096\n",
+            dir.path().display()
+        )
+    };
+    let config = Config::from_toml_str(&paged(""), no_env(), Path::new("/")).unwrap();
+    assert_eq!(config.model.engine, EngineKind::SharedBase);
+    assert_eq!(
+        config.model.paged_attention,
+        Some(PagedAttention {
+            block_size: 16,
+            context_tokens: 4096
+        })
+    );
+    let both = paged("kv_cache_mib = 64\n");
+    let error = Config::from_toml_str(&both, no_env(), Path::new("/")).unwrap_err();
+    assert_eq!(key_of(error), "model.kv_cache_mib");
+}
+
 fn upstream_config(upstream: &str) -> String {
     format!(
         "[model]\nserved_name = \"m\"\ncontext_length = 4096\n[upstream]\n{upstream}\n[[upstream.replicas]]\nurl = \"http://10.0.0.1:8000/\"\n"

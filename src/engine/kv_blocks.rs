@@ -5,8 +5,9 @@
 //! kernels (`mistralrs-paged-attn`'s `reshape_and_cache`, `paged_attention`,
 //! `copy_blocks`) take the tables this hands out.
 //!
-//! Not wired into an engine yet: the shared-base engine runs on CPU with
-//! contiguous caches, and nothing here has run on a GPU.
+//! The shared-base engine uses it when `model.paged_attention` is on
+//! (`shared_base::paged` holds the device side); nothing here has run on a
+//! GPU yet.
 
 use std::collections::HashMap;
 
@@ -89,16 +90,37 @@ impl BlockAllocator {
         self.blocks_for(tokens.max(1)) + self.watermark <= self.free.len()
     }
 
-    /// Gives a new sequence the blocks for its prompt.
+    /// Gives a new sequence the blocks for its prompt, keeping the
+    /// watermark back.
     pub fn admit(
         &mut self,
         sequence: SequenceId,
         tokens: usize,
     ) -> Result<&BlockTable, BlockError> {
+        self.admit_keeping(sequence, tokens, self.watermark)
+    }
+
+    /// `admit` for an engine with nothing running: no growth to protect, so
+    /// every free block may go to the one sequence (which otherwise might
+    /// never start).
+    pub fn admit_all_free(
+        &mut self,
+        sequence: SequenceId,
+        tokens: usize,
+    ) -> Result<&BlockTable, BlockError> {
+        self.admit_keeping(sequence, tokens, 0)
+    }
+
+    fn admit_keeping(
+        &mut self,
+        sequence: SequenceId,
+        tokens: usize,
+        kept_back: usize,
+    ) -> Result<&BlockTable, BlockError> {
         if self.tables.contains_key(&sequence) {
             return Err(BlockError::AlreadyAdmitted(sequence));
         }
-        if !self.can_admit(tokens) {
+        if self.blocks_for(tokens.max(1)) + kept_back > self.free.len() {
             return Err(BlockError::OutOfBlocks);
         }
         let blocks = (0..self.blocks_for(tokens.max(1)))

@@ -22,6 +22,37 @@ use futures_util::Stream;
 
 pub use admission::{Admission, AdmissionPermit};
 
+/// The metrics an in-process engine updates from its own loop.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    pub sampled_tokens: prometheus::IntCounter,
+    pub kv_preemptions: prometheus::IntCounter,
+    pub kv_blocks_free: prometheus::IntGauge,
+}
+
+impl EngineMetrics {
+    /// The gateway's own, for the served model `model`.
+    pub fn exported(metrics: &crate::metrics::Metrics, model: &str) -> EngineMetrics {
+        EngineMetrics {
+            sampled_tokens: metrics.sampled_tokens.with_label_values(&[model]),
+            kv_preemptions: metrics.kv_preemptions.clone(),
+            kv_blocks_free: metrics.kv_blocks_free.clone(),
+        }
+    }
+
+    /// Registered nowhere: for an engine run outside the gateway (benches,
+    /// direct-engine tests).
+    pub fn detached() -> EngineMetrics {
+        let counter = |name: &str| prometheus::IntCounter::new(name, name).expect("valid metric");
+        EngineMetrics {
+            sampled_tokens: counter("sampled_tokens"),
+            kv_preemptions: counter("kv_preemptions"),
+            kv_blocks_free: prometheus::IntGauge::new("kv_blocks_free", "kv_blocks_free")
+                .expect("valid metric"),
+        }
+    }
+}
+
 /// One message of the prompt, its content flattened to plain text. Tool
 /// calls and tool results reach an engine only when the model's chat
 /// template renders them (or a replica does); otherwise the gateway has

@@ -139,9 +139,13 @@ async fn a_dying_engine_retries_what_sent_nothing_and_ends_streams_with_an_error
             ("model.max_num_seqs", "16"),
             ("admission.max_in_flight", "16"),
         ],
-        move |model, sampled| {
+        move |model, metrics| {
             Box::pin(async move {
-                let loaded = Arc::new(MistralEngine::load(&model, sampled).await.expect("loads"));
+                let loaded = Arc::new(
+                    MistralEngine::load(&model, metrics.sampled_tokens)
+                        .await
+                        .expect("loads"),
+                );
                 let _ = kept.set(loaded.clone());
                 Arc::new(Counting {
                     inner: loaded,

@@ -18,6 +18,7 @@ mod metrics;
 mod metrics_access;
 mod open_mode;
 mod openapi;
+mod paged_kv;
 mod ratelimit_redis;
 mod shared_base;
 mod tenancy;

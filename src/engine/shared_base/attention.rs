@@ -7,12 +7,17 @@
 //! reading each sequence's cache in place. Prompt chunks, and every row on
 //! other devices and precisions, use candle's matrix multiply over the
 //! cache's strided view, with a causal mask offset by what is cached.
+//!
+//! With paged attention the step's new rows are written to the block pool
+//! at once, and caches are read through gathered views; on CUDA the decode
+//! rows go through mistral.rs's paged-attention kernel instead.
 
 use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::config::LlamaConfig;
 use super::kv::SequenceCache;
+use super::paged::PagedStep;
 
 /// A sequence's rows in the step: `start..start + len`.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +28,7 @@ pub struct SequenceRows {
 
 /// `q`: `[1, rows, heads, head_dim]`, `k`: `[1, rows, kv_heads, head_dim]`,
 /// `v`: `[rows, kv_heads * head_dim]`. Returns `[rows, heads * head_dim]`.
+/// `paged` is the step's slot map when the caches are paged.
 pub fn attend(
     config: &LlamaConfig,
     layer: usize,
@@ -30,17 +36,31 @@ pub fn attend(
     k: &Tensor,
     v: &Tensor,
     sequences: &mut [(SequenceRows, &mut SequenceCache)],
+    paged: Option<&PagedStep>,
 ) -> candle_core::Result<Tensor> {
     let rows = q.dim(1)?;
     let (kv_heads, head_dim) = (config.kv_heads, config.head_dim);
     let k = k.reshape((rows, kv_heads, head_dim))?;
     let v = v.reshape((rows, kv_heads, head_dim))?;
-    for (span, cache) in sequences.iter_mut() {
-        cache.append(
-            layer,
-            &k.narrow(0, span.start, span.len)?,
-            &v.narrow(0, span.start, span.len)?,
-        )?;
+    match paged {
+        Some(step) => step.write(layer, &k, &v)?,
+        None => {
+            for (span, cache) in sequences.iter_mut() {
+                cache.append(
+                    layer,
+                    &k.narrow(0, span.start, span.len)?,
+                    &v.narrow(0, span.start, span.len)?,
+                )?;
+            }
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(step) = paged
+            && let Some(batch) = &step.decode
+        {
+            return attend_with_kernel(config, layer, q, sequences, step, batch);
+        }
     }
     let width = config.heads * head_dim;
     let q = q.to_dtype(DType::F32)?.contiguous()?;
@@ -72,6 +92,44 @@ fn attend_by_sequence(
         .map(|(span, cache)| prompt_chunk(config, layer, q, *span, cache))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&pieces, 0)
+}
+
+/// CUDA with paged caches: every decode row in one paged-attention kernel
+/// call, prompt chunks over their gathered blocks; results placed by row.
+#[cfg(feature = "cuda")]
+fn attend_with_kernel(
+    config: &LlamaConfig,
+    layer: usize,
+    q: &Tensor,
+    sequences: &[(SequenceRows, &mut SequenceCache)],
+    step: &PagedStep,
+    batch: &super::paged::DecodeBatch,
+) -> candle_core::Result<Tensor> {
+    let rows = q.dim(1)?;
+    let width = config.heads * config.head_dim;
+    let dtype = q.dtype();
+    let decoding = q.squeeze(0)?.index_select(&batch.rows, 0)?.contiguous()?;
+    let decoded = decoding.dim(0)?;
+    let scale = 1.0 / (config.head_dim as f32).sqrt();
+    let attended = step
+        .decode(layer, &decoding, batch, scale)?
+        .reshape((decoded, width))?;
+    let mut out =
+        Tensor::zeros((rows, width), dtype, q.device())?.index_add(&batch.rows, &attended, 0)?;
+    let chunks: Vec<_> = sequences.iter().filter(|(span, _)| span.len > 1).collect();
+    if !chunks.is_empty() {
+        let q = q.to_dtype(DType::F32)?.contiguous()?;
+        let mut pieces = Vec::with_capacity(chunks.len());
+        let mut at = Vec::new();
+        for (span, cache) in chunks {
+            pieces.push(prompt_chunk(config, layer, &q, *span, cache)?);
+            at.extend((span.start..span.start + span.len).map(|row| row as u32));
+        }
+        let at = Tensor::new(at.as_slice(), q.device())?;
+        let pieces = Tensor::cat(&pieces, 0)?.to_dtype(dtype)?;
+        out = out.index_add(&at, &pieces, 0)?;
+    }
+    Ok(out)
 }
 
 /// Borrows a contiguous f32 tensor's elements for the duration of `f`.
@@ -288,7 +346,7 @@ mod tests {
             SequenceRows { start: 1, len: 2 },
         ];
         let mut fused_step = [(spans[0], &mut decoding), (spans[1], &mut prompting)];
-        let fused = attend(&config, 0, &q, &k, &v, &mut fused_step).unwrap();
+        let fused = attend(&config, 0, &q, &k, &v, &mut fused_step, None).unwrap();
         let k_rows = k.reshape((3, 1, 4)).unwrap();
         let v_rows = v.reshape((3, 1, 4)).unwrap();
         let mut step = [

@@ -1,6 +1,7 @@
-//! Per-sequence KV caches under one byte budget.
+//! Per-sequence KV caches: contiguous ones under one byte budget (below),
+//! or blocks of the paged pool (`super::paged`) when paged attention is on.
 //!
-//! A sequence reserves room for its whole budget (prompt plus `max_tokens`)
+//! A contiguous sequence reserves room for its whole budget (prompt plus `max_tokens`)
 //! when it is admitted, so it can never run out half way and nothing needs
 //! preempting. The memory behind a reservation is only touched as tokens
 //! are written (the allocation is zero-filled lazily by the OS), so the
@@ -14,8 +15,71 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
 use super::config::LlamaConfig;
+use super::paged::{PagedCache, PagedPool};
 
-pub struct SequenceCache {
+/// Where the engine's sequences keep their KV.
+pub enum KvStore {
+    /// Each sequence reserves its whole budget at admission; never preempts.
+    Contiguous(KvPool),
+    /// Blocks as tokens come; a sequence may be preempted when none is left.
+    Paged(Arc<PagedPool>),
+}
+
+impl KvStore {
+    /// Tokens of context the whole store holds.
+    pub fn capacity_tokens(&self) -> usize {
+        match self {
+            KvStore::Contiguous(pool) => pool.capacity_tokens(),
+            KvStore::Paged(pool) => pool.capacity_tokens(),
+        }
+    }
+}
+
+/// One sequence's KV, whichever store it came from.
+pub enum SequenceCache {
+    Contiguous(ContiguousCache),
+    Paged(PagedCache),
+}
+
+impl SequenceCache {
+    /// Tokens cached so far.
+    pub fn cached(&self) -> usize {
+        match self {
+            SequenceCache::Contiguous(cache) => cache.len,
+            SequenceCache::Paged(cache) => cache.cached(),
+        }
+    }
+
+    /// Marks the tokens written in this step (to every layer) as cached.
+    pub fn commit(&mut self, rows: usize) {
+        match self {
+            SequenceCache::Contiguous(cache) => cache.len += rows,
+            SequenceCache::Paged(cache) => cache.commit(rows),
+        }
+    }
+
+    /// The first `tokens` positions of `layer` as `[tokens, kv_heads,
+    /// head_dim]`: views of a contiguous cache, a gathered copy of blocks.
+    pub fn view(&self, layer: usize, tokens: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            SequenceCache::Contiguous(cache) => cache.view(layer, tokens),
+            SequenceCache::Paged(cache) => cache.view(layer, tokens),
+        }
+    }
+
+    /// Writes `rows` new tokens' K and V after the cached ones. Paged
+    /// caches are written for the whole step at once (`PagedPool::write`).
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+        match self {
+            SequenceCache::Contiguous(cache) => cache.append(layer, k, v),
+            SequenceCache::Paged(_) => {
+                candle_core::bail!("paged caches are written by the step, not per sequence")
+            }
+        }
+    }
+}
+
+pub struct ContiguousCache {
     layers: Vec<(Tensor, Tensor)>,
     /// Tokens written (the same in every layer once a step completes).
     len: usize,
@@ -23,16 +87,7 @@ pub struct SequenceCache {
     _reservation: Reservation,
 }
 
-impl SequenceCache {
-    /// Tokens cached so far.
-    pub fn cached(&self) -> usize {
-        self.len
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
+impl ContiguousCache {
     /// Writes `rows` new tokens' K and V (`[rows, kv_heads, head_dim]`) for
     /// `layer` after the tokens already cached.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
@@ -50,13 +105,8 @@ impl SequenceCache {
         Ok(())
     }
 
-    /// Marks the tokens appended in this step (to every layer) as cached.
-    pub fn commit(&mut self, rows: usize) {
-        self.len += rows;
-    }
-
     /// The first `tokens` positions of `layer`: contiguous views, no copy.
-    pub fn view(&self, layer: usize, tokens: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    fn view(&self, layer: usize, tokens: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let (k, v) = &self.layers[layer];
         Ok((k.narrow(0, 0, tokens)?, v.narrow(0, 0, tokens)?))
     }
@@ -138,12 +188,12 @@ impl KvPool {
                 Tensor::zeros(shape, dtype, device)?,
             ));
         }
-        Ok(Some(SequenceCache {
+        Ok(Some(SequenceCache::Contiguous(ContiguousCache {
             layers,
             len: 0,
             capacity: tokens,
             _reservation: reservation,
-        }))
+        })))
     }
 }
 

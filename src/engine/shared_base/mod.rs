@@ -19,6 +19,7 @@ pub mod constraint;
 pub mod kv;
 pub mod lora;
 pub mod model;
+pub mod paged;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
@@ -36,15 +37,16 @@ use prometheus::IntCounter;
 
 use self::config::LlamaConfig;
 use self::constraint::ConstraintFactory;
-use self::kv::KvPool;
+use self::kv::{KvPool, KvStore};
 use self::lora::AdapterWeights;
 use self::model::Model;
+use self::paged::PagedPool;
 use self::sampler::{Sampler, SamplingConfig};
-use self::scheduler::{Command, Scheduler, SchedulerConfig};
+use self::scheduler::{Command, Scheduler, SchedulerConfig, SchedulerMetrics};
 use self::sequence::{LoadedAdapter, Sequence};
 use super::stop::StopScanner;
 use super::{
-    AdapterFiles, Engine, EngineError, InferenceRequest, InferenceStream, ModelCard,
+    AdapterFiles, Engine, EngineError, EngineMetrics, InferenceRequest, InferenceStream, ModelCard,
     OutputConstraint, PromptMessage, PromptTokens,
 };
 use crate::config::{DeviceKind, ModelConfig, ModelDtype};
@@ -96,11 +98,11 @@ fn blocking_error(error: crate::prompt::blocking::BlockingError) -> EngineError 
 impl SharedBaseEngine {
     pub async fn load(
         config: &ModelConfig,
-        sampled_tokens: IntCounter,
+        metrics: EngineMetrics,
     ) -> anyhow::Result<SharedBaseEngine> {
         let dir = config.path.clone();
         let settings = config.clone();
-        run_blocking(move || SharedBaseEngine::load_blocking(&dir, &settings, sampled_tokens))
+        run_blocking(move || SharedBaseEngine::load_blocking(&dir, &settings, metrics))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?
     }
@@ -108,7 +110,7 @@ impl SharedBaseEngine {
     fn load_blocking(
         dir: &std::path::Path,
         settings: &ModelConfig,
-        sampled_tokens: IntCounter,
+        metrics: EngineMetrics,
     ) -> anyhow::Result<SharedBaseEngine> {
         let llama = LlamaConfig::from_model_dir(dir)?;
         let (device, dtype) = placement(settings)?;
@@ -134,14 +136,30 @@ impl SharedBaseEngine {
             );
         }
         let model = Arc::new(Model::load(dir, llama.clone(), dtype, &device)?);
-        let kv_budget = settings.kv_cache_bytes.unwrap_or_else(|| {
-            settings.max_num_seqs * context_length * llama.kv_bytes_per_token(dtype.size_in_bytes())
-        });
-        let pool = KvPool::new(&llama, dtype, kv_budget);
+        let bytes_per_token = llama.kv_bytes_per_token(dtype.size_in_bytes());
+        let (store, kv_budget) = match settings.paged_attention {
+            Some(paged) => {
+                let blocks = paged.context_tokens.div_ceil(paged.block_size);
+                let pool = PagedPool::new(&llama, dtype, &device, blocks, paged.block_size)?;
+                metrics.kv_blocks_free.set(blocks as i64);
+                let bytes = pool.capacity_tokens() * bytes_per_token;
+                (KvStore::Paged(pool), bytes)
+            }
+            None => {
+                let budget = settings
+                    .kv_cache_bytes
+                    .unwrap_or(settings.max_num_seqs * context_length * bytes_per_token);
+                (
+                    KvStore::Contiguous(KvPool::new(&llama, dtype, budget)),
+                    budget,
+                )
+            }
+        };
+        let paged = matches!(store, KvStore::Paged(_));
         let (commands, receiver) = std::sync::mpsc::channel();
         let scheduler = Scheduler::new(
             model.clone(),
-            pool,
+            store,
             SchedulerConfig {
                 max_sequences: settings.max_num_seqs,
                 policy: settings.scheduling,
@@ -149,6 +167,10 @@ impl SharedBaseEngine {
             },
             receiver,
             device,
+            SchedulerMetrics {
+                preemptions: metrics.kv_preemptions.clone(),
+                kv_blocks_free: metrics.kv_blocks_free.clone(),
+            },
         );
         std::thread::Builder::new()
             .name("shared-base-engine".into())
@@ -159,6 +181,7 @@ impl SharedBaseEngine {
             dtype = ?dtype,
             weights_mib = model.weight_bytes() / (1 << 20),
             kv_budget_mib = kv_budget / (1 << 20),
+            paged_attention = paged,
             layers = llama.layers,
             "shared-base engine loaded"
         );
@@ -180,7 +203,7 @@ impl SharedBaseEngine {
             adapters: RwLock::new(HashMap::new()),
             commands,
             constraints: OnceLock::new(),
-            sampled_tokens,
+            sampled_tokens: metrics.sampled_tokens,
         })
     }
 
@@ -303,6 +326,7 @@ impl Engine for SharedBaseEngine {
         let tokenizer = self.prompt.tokenizer().clone();
         let sequence = Sequence {
             claim: request.claim.clone(),
+            arrival: 0,
             prompt_len: prompt.len(),
             tokens: prompt,
             cached: 0,

@@ -12,6 +12,7 @@ use super::attention::{self, SequenceRows};
 use super::config::LlamaConfig;
 use super::kv::SequenceCache;
 use super::lora::{Module, RowGroup};
+use super::paged::PagedStep;
 
 /// A weight matrix and, for Qwen2's q/k/v, its bias. Kept transposed
 /// (`[in, out]`, contiguous): multiplying a few rows by it is several times
@@ -107,6 +108,8 @@ pub struct StepRows<'a> {
     /// Rows whose next-token logits are wanted (a sequence's last row).
     pub sample_rows: Vec<u32>,
     pub adapters: Vec<RowGroup<'a>>,
+    /// Every row's slot when the caches are paged.
+    pub paged: Option<PagedStep>,
 }
 
 impl Model {
@@ -212,7 +215,15 @@ impl Model {
             let k = k.reshape((1, rows, config.kv_heads, config.head_dim))?;
             let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?;
-            let attended = attention::attend(config, index, &q, &k, &v, &mut step.sequences)?;
+            let attended = attention::attend(
+                config,
+                index,
+                &q,
+                &k,
+                &v,
+                &mut step.sequences,
+                step.paged.as_ref(),
+            )?;
             x = (x + layer.o.forward(&attended, index, groups)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
             let gate = layer.gate.forward(&h, index, groups)?;

@@ -1,7 +1,11 @@
 //! The engine loop: continuous batching on one thread that owns the model.
 //!
-//! Between steps, new sequences join (when the KV budget holds their whole
-//! budget and the batch has room) and finished or abandoned ones leave.
+//! Between steps, new sequences join (when the KV store has room and the
+//! batch has room) and finished or abandoned ones leave. A contiguous store
+//! reserves a sequence's whole budget at admission; a paged one admits by
+//! the prompt's blocks and grows each step, and when it runs out the newest
+//! sequence of the busiest tenant gives its blocks back and is recomputed
+//! later (its tokens are kept; nothing already sent changes).
 //! Each step carries one token for every decoding sequence plus prompt
 //! chunks for new ones, up to a token budget, so a long prompt delays the
 //! others by one chunk at most, never by its whole length. Rows are ordered
@@ -15,14 +19,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use candle_core::Device;
+use prometheus::{IntCounter, IntGauge};
 
 use super::attention::SequenceRows;
-use super::kv::KvPool;
+use super::kv::{KvStore, SequenceCache};
 use super::lora::RowGroup;
 use super::model::{Model, StepRows};
+use super::paged::PagedCache;
 use super::sequence::Sequence;
 use crate::engine::EngineError;
 use crate::engine::admission::Policy;
+use crate::engine::kv_blocks::{BlockError, Running, preemption_victim};
 
 /// What the engine thread is told.
 pub enum Command {
@@ -40,32 +47,46 @@ pub struct SchedulerConfig {
     pub max_step_tokens: usize,
 }
 
+/// What the loop reports to Prometheus.
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    /// Sequences that gave their KV blocks back to be recomputed.
+    pub preemptions: IntCounter,
+    /// Free blocks of the paged pool (0 with contiguous caches).
+    pub kv_blocks_free: IntGauge,
+}
+
 pub struct Scheduler {
     model: Arc<Model>,
-    pool: KvPool,
+    store: KvStore,
     config: SchedulerConfig,
     commands: Receiver<Command>,
     waiting: VecDeque<Box<Sequence>>,
     running: Vec<Sequence>,
     device: Device,
+    metrics: SchedulerMetrics,
+    arrivals: u64,
 }
 
 impl Scheduler {
     pub fn new(
         model: Arc<Model>,
-        pool: KvPool,
+        store: KvStore,
         config: SchedulerConfig,
         commands: Receiver<Command>,
         device: Device,
+        metrics: SchedulerMetrics,
     ) -> Scheduler {
         Scheduler {
             model,
-            pool,
+            store,
             config,
             commands,
             waiting: VecDeque::new(),
             running: Vec::new(),
             device,
+            metrics,
+            arrivals: 0,
         }
     }
 
@@ -120,7 +141,11 @@ impl Scheduler {
         let mut next = first.or_else(|| self.commands.try_recv().ok());
         while let Some(command) = next {
             match command {
-                Command::Start(sequence) => self.waiting.push_back(sequence),
+                Command::Start(mut sequence) => {
+                    self.arrivals += 1;
+                    sequence.arrival = self.arrivals;
+                    self.waiting.push_back(sequence);
+                }
                 Command::Stop => return false,
             }
             next = self.commands.try_recv().ok();
@@ -131,6 +156,13 @@ impl Scheduler {
     fn drop_finished(&mut self) {
         self.running.retain(|s| !s.done && !s.abandoned());
         self.waiting.retain(|s| !s.abandoned());
+        self.report_free_blocks();
+    }
+
+    fn report_free_blocks(&self) {
+        if let KvStore::Paged(pool) = &self.store {
+            self.metrics.kv_blocks_free.set(pool.free_blocks() as i64);
+        }
     }
 
     /// The waiting sequence to run next: the highest priority class, then
@@ -217,8 +249,8 @@ impl Scheduler {
         }
     }
 
-    /// Moves waiting sequences in while the batch and the KV budget have
-    /// room for their whole budget (a paused sequence already holds its).
+    /// Moves waiting sequences in while the batch and the KV store have room
+    /// (a paused sequence already holds its cache).
     fn admit(&mut self) {
         while self.running.len() < self.config.max_sequences {
             let Some(index) = self.next_waiting() else {
@@ -231,22 +263,19 @@ impl Scheduler {
                 self.running.push(*sequence);
                 continue;
             }
-            let tokens = sequence.prompt_len + sequence.max_tokens;
-            let config = &self.model.config;
-            match self
-                .pool
-                .allocate(config, tokens, self.model.dtype, &self.device)
-            {
+            // A sequence that cannot fit even alone never will.
+            let whole = sequence.prompt_len + sequence.max_tokens;
+            let capacity = self.store.capacity_tokens();
+            if whole > capacity {
+                sequence.fail(EngineError::Rejected(format!(
+                    "the request needs {whole} tokens of KV cache, more than this engine's budget of {capacity}"
+                )));
+                continue;
+            }
+            match self.allocate(&sequence) {
                 Ok(Some(cache)) => {
                     sequence.cache = Some(cache);
                     self.running.push(*sequence);
-                }
-                Ok(None) if self.running.is_empty() => {
-                    // Even an empty engine cannot hold it: never will.
-                    sequence.fail(EngineError::Rejected(format!(
-                        "the request needs {tokens} tokens of KV cache, more than this engine's budget of {}",
-                        self.pool.capacity_tokens()
-                    )));
                 }
                 Ok(None) => {
                     self.waiting.insert(index, sequence);
@@ -257,9 +286,113 @@ impl Scheduler {
         }
     }
 
+    /// A cache for a sequence about to run, or `None` while the store lacks
+    /// room. A paged sequence gets blocks for the tokens it has (its prompt,
+    /// or everything so far when it was preempted); an idle engine first
+    /// takes blocks back from paused sequences, so it can always start one.
+    fn allocate(&mut self, sequence: &Sequence) -> anyhow::Result<Option<SequenceCache>> {
+        match &self.store {
+            KvStore::Contiguous(pool) => {
+                let tokens = sequence.prompt_len + sequence.max_tokens;
+                let config = &self.model.config;
+                Ok(pool.allocate(config, tokens, self.model.dtype, &self.device)?)
+            }
+            KvStore::Paged(pool) => {
+                let pool = pool.clone();
+                let idle = self.running.is_empty();
+                if let Some(cache) = pool.admit(sequence.tokens.len(), !idle)? {
+                    return Ok(Some(SequenceCache::Paged(cache)));
+                }
+                if !idle {
+                    return Ok(None);
+                }
+                while self.preempt_paused() {}
+                Ok(pool
+                    .admit(sequence.tokens.len(), false)?
+                    .map(SequenceCache::Paged))
+            }
+        }
+    }
+
+    /// Takes the blocks of the newest paused sequence that holds any.
+    fn preempt_paused(&mut self) -> bool {
+        let paused = self
+            .waiting
+            .iter_mut()
+            .rev()
+            .find(|s| matches!(s.cache, Some(SequenceCache::Paged(_))));
+        match paused {
+            Some(sequence) => {
+                sequence.cache = None;
+                sequence.cached = 0;
+                self.metrics.preemptions.inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees blocks when the pool cannot hold the next step: a paused
+    /// sequence's first, else the newest running sequence of the tenant
+    /// running the most, which goes back to the head of the queue. `false`
+    /// when there is nothing to take.
+    fn preempt_one(&mut self) -> bool {
+        if self.preempt_paused() {
+            return true;
+        }
+        let running: Vec<Running> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(index, s)| Running {
+                sequence: index as u64,
+                tenant: s.claim.tenant.clone(),
+                arrived: s.arrival,
+            })
+            .collect();
+        let Some(victim) = preemption_victim(&running) else {
+            return false;
+        };
+        let mut sequence = self.running.remove(victim as usize);
+        sequence.cache = None;
+        sequence.cached = 0;
+        tracing::debug!(
+            tenant = %sequence.claim.tenant,
+            tokens = sequence.tokens.len(),
+            "KV pool exhausted: sequence preempted, to be recomputed"
+        );
+        self.metrics.preemptions.inc();
+        self.waiting.push_front(Box::new(sequence));
+        true
+    }
+
+    /// Blocks for every row of the plan, before anything is written.
+    fn reserve(&mut self, plan: &[(usize, usize)]) -> Result<(), BlockError> {
+        for &(index, rows) in plan {
+            let sequence = &mut self.running[index];
+            let wanted = sequence.cached + rows;
+            if let Some(SequenceCache::Paged(cache)) = &mut sequence.cache {
+                cache.reserve(wanted)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The step's plan, with blocks reserved for it (preempting as needed).
+    fn plan_with_blocks(&mut self) -> anyhow::Result<Vec<(usize, usize)>> {
+        loop {
+            let plan = plan(&self.running, self.config.max_step_tokens);
+            match self.reserve(&plan) {
+                Ok(()) => return Ok(plan),
+                Err(BlockError::OutOfBlocks) if self.preempt_one() => continue,
+                Err(error) => anyhow::bail!("KV blocks for the step: {error}"),
+            }
+        }
+    }
+
     /// One forward pass over every running sequence, then sampling.
     fn step(&mut self) -> anyhow::Result<()> {
-        let plan = plan(&self.running, self.config.max_step_tokens);
+        let plan = self.plan_with_blocks()?;
         if plan.is_empty() {
             return Ok(());
         }
@@ -292,6 +425,19 @@ impl Scheduler {
                 .ok_or_else(|| anyhow::anyhow!("a running sequence has no cache"))?;
             taken.push((index, span, cache));
         }
+        let paged = match &self.store {
+            KvStore::Paged(pool) => {
+                let spans: Vec<(SequenceRows, &PagedCache)> = taken
+                    .iter()
+                    .filter_map(|(_, span, cache)| match cache {
+                        SequenceCache::Paged(cache) => Some((*span, cache)),
+                        SequenceCache::Contiguous(_) => None,
+                    })
+                    .collect();
+                Some(pool.step(&spans)?)
+            }
+            KvStore::Contiguous(_) => None,
+        };
         let logits = {
             let sequences = taken
                 .iter_mut()
@@ -304,9 +450,14 @@ impl Scheduler {
                 sequences,
                 sample_rows,
                 adapters,
+                paged,
             };
-            self.model.forward(&mut step)?
+            self.model.forward(&mut step)
         };
+        self.report_free_blocks();
+        // On failure the caches go with `taken`: the run loop fails the
+        // step's sequences, whose blocks are then released.
+        let logits = logits?;
         for (index, span, mut cache) in taken {
             cache.commit(span.len);
             let sequence = &mut self.running[index];

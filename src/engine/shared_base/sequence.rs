@@ -27,6 +27,8 @@ pub struct LoadedAdapter {
 pub struct Sequence {
     /// Whose it is: the engine's own queue is shared fairly too.
     pub claim: crate::engine::admission::Claim,
+    /// Set by the scheduler on arrival: larger is newer (preemption order).
+    pub arrival: u64,
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     /// Tokens of `tokens` already in the cache.

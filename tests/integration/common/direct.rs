@@ -18,8 +18,7 @@ pub async fn engine_on(dir: &Path, name: &str, engine: &str) -> Arc<dyn Engine> 
         dir.display()
     );
     let config = Config::from_toml_str(&text, Vec::new(), Path::new("/")).unwrap();
-    let counter = prometheus::IntCounter::new("t", "t").unwrap();
-    loragate::server::load_engine(&config.model, counter)
+    loragate::server::load_engine(&config.model, loragate::engine::EngineMetrics::detached())
         .await
         .expect("model loads")
 }

@@ -87,9 +87,9 @@ impl TestServer {
         overrides: &[(&str, &str)],
         wrap: impl FnOnce(Arc<dyn Engine>) -> Arc<dyn Engine> + Send + 'static,
     ) -> TestServer {
-        TestServer::with_loader(extra, overrides, move |model, counter| {
+        TestServer::with_loader(extra, overrides, move |model, metrics| {
             Box::pin(async move {
-                let engine = loragate::server::load_engine(&model, counter)
+                let engine = loragate::server::load_engine(&model, metrics)
                     .await
                     .expect("tiny model loads");
                 wrap(engine)
@@ -102,7 +102,7 @@ impl TestServer {
     pub fn with_loader(
         extra: &str,
         overrides: &[(&str, &str)],
-        load: impl FnOnce(loragate::config::ModelConfig, prometheus::IntCounter) -> LoadFuture
+        load: impl FnOnce(loragate::config::ModelConfig, loragate::engine::EngineMetrics) -> LoadFuture
         + Send
         + 'static,
     ) -> TestServer {
@@ -134,8 +134,8 @@ impl TestServer {
                 .expect("runtime");
             runtime.block_on(async move {
                 let running = loragate::app::bind(&config).expect("bind");
-                let counter = running.metrics.sampled_tokens.with_label_values(&[MODEL]);
-                let engine = load(config.model.clone(), counter).await;
+                let metrics = loragate::engine::EngineMetrics::exported(&running.metrics, MODEL);
+                let engine = load(config.model.clone(), metrics).await;
                 running.state.install_engine(engine);
                 sender
                     .send((running.addresses[0], running.server.handle()))
