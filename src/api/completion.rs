@@ -338,6 +338,34 @@ async fn generate_choices(
     Ok((events, progress))
 }
 
+/// An admitted request may still wait inside an in-process engine
+/// (mistral.rs's cache-size gate runs one cache size at a time), and other
+/// tenants' prompts decide how long: that wait is bounded like the queue's,
+/// with the same 503. Replicas keep their own request timeout.
+async fn start_within_queue_timeout(
+    state: &AppState,
+    engine: &std::sync::Arc<dyn crate::engine::Engine>,
+    request: &crate::engine::InferenceRequest,
+) -> Result<Result<InferenceStream, EngineError>, ApiError> {
+    let starting = engine.generate(request.clone());
+    if engine.models().iter().any(|card| card.is_remote()) {
+        return Ok(starting.await);
+    }
+    match tokio::time::timeout(state.admission.queue_timeout(), starting).await {
+        Ok(started) => Ok(started),
+        Err(_) => {
+            state
+                .metrics
+                .admission_rejections
+                .with_label_values(&["engine_start_timeout"])
+                .inc();
+            Err(ApiError::Overloaded {
+                retry_after_secs: state.admission.retry_after_secs(),
+            })
+        }
+    }
+}
+
 /// Starts the generation and waits for its first event. An engine failure
 /// at the start or as the first event (mistral.rs restarts its engine
 /// thread after a panic, failing whatever it held) is retried once: the
@@ -356,7 +384,7 @@ async fn generate_retrying_once(
 > {
     let mut retried = false;
     loop {
-        let (first, started) = match engine.generate(request.clone()).await {
+        let (first, started) = match start_within_queue_timeout(state, engine, &request).await? {
             Ok(InferenceStream {
                 mut events,
                 progress,

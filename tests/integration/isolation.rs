@@ -339,3 +339,57 @@ async fn an_upload_never_takes_a_busy_slot_to_warm_up() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(common::metric(&server, evictions).await, 1.0);
 }
+
+/// mistral.rs runs one KV-cache size at a time, so a request whose prompt
+/// falls in another size waits inside the engine for the running ones: that
+/// wait is bounded by the queue timeout (503), never by how long another
+/// tenant's generation runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_another_cache_size_is_bounded_by_the_queue_timeout() {
+    let server = TestServer::with(&[
+        ("model.engine", "mistralrs"),
+        ("admission.queue_timeout_ms", "400"),
+    ]);
+    // Over 512 prompt tokens: another cache size than a short prompt's.
+    let mut long = chat_body(&"many words make a long prompt ".repeat(22), 1000);
+    long["stream"] = json!(true);
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let mut frames = futures_util::StreamExt::boxed(response.bytes_stream());
+    futures_util::StreamExt::next(&mut frames)
+        .await
+        .expect("the long stream runs")
+        .expect("readable");
+    let reader = tokio::spawn(async move {
+        let mut bytes = 0;
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut frames).await {
+            bytes += frame.len();
+        }
+        bytes
+    });
+    let started = std::time::Instant::now();
+    let (status, answer) = server
+        .post_json("/v1/chat/completions", &chat_body("Hi", 4), None)
+        .await;
+    let waited = started.elapsed();
+    assert!(!reader.is_finished(), "the long stream was still running");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "refused after the queue timeout, not after the other generation ({waited:?})"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_admission_rejections_total{reason=\"engine_start_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    reader.abort();
+}

@@ -142,6 +142,11 @@ impl Admission {
         self.shared.lock().queues.waiting_for(tenant)
     }
 
+    /// How long a request may wait for its turn.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
     /// A hint for `Retry-After`: the queue timeout, at least one second.
     pub fn retry_after_secs(&self) -> u64 {
         self.queue_timeout.as_secs().clamp(1, 30)
