@@ -310,7 +310,7 @@ run_mode() { # MODE MODES_LEFT (this one included)
   if [[ $mode == shared* ]]; then
     local want=false; [[ $mode == shared-paged ]] && want=true
     paged="$(grep -Eo 'paged_attention=(true|false)' "$WORK/gw.txt" | head -n1)"
-    check "$mode: paged KV $want" "$([[ $paged == "paged_attention=$want" ]] && echo 1 || echo 0)" "${paged:-no paged_attention= field in the engine's load line}"
+    check "$mode: paged KV $want" "$([[ $paged == "paged_attention=$want" ]] && echo 1 || echo 0)" "${paged:-no paged_attention= field in the engine load line}"
   elif [[ $DRY == 1 ]]; then
     echo "dry run: PagedAttention line: ${paged:-none} (paged attention is CUDA-only)"
   elif [[ $mode == paged ]]; then
