@@ -20,6 +20,7 @@ pub mod kv;
 pub mod lora;
 pub mod model;
 pub mod paged;
+pub mod plan;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

@@ -7,8 +7,9 @@
 //! sequence of the busiest tenant gives its blocks back and is recomputed
 //! later (its tokens are kept; nothing already sent changes).
 //! Each step carries one token for every decoding sequence plus prompt
-//! chunks for new ones, up to a token budget, so a long prompt delays the
-//! others by one chunk at most, never by its whole length. Rows are ordered
+//! chunks for new ones, up to a token budget shared by tenant (`plan`), so a
+//! long prompt delays the others by one chunk at most, never by its whole
+//! length, and another tenant's prompt advances beside it. Rows are ordered
 //! by adapter so each adapter's rows are contiguous. The loop never waits on
 //! a client: events go to unbounded channels.
 
@@ -26,6 +27,7 @@ use super::kv::{KvStore, SequenceCache};
 use super::lora::RowGroup;
 use super::model::{Model, StepRows};
 use super::paged::PagedCache;
+use super::plan::Candidate;
 use super::sequence::Sequence;
 use crate::engine::EngineError;
 use crate::engine::admission::Policy;
@@ -485,31 +487,18 @@ impl Scheduler {
     }
 }
 
-/// Which sequences get how many rows this step: every decoding sequence
-/// one, then prompt chunks in arrival order while the token budget lasts.
-/// Ordered by adapter so each adapter's rows are contiguous.
+/// The step's rows (`shared_base::plan`): decoding sequences first, then
+/// prompt chunks shared fairly by tenant.
 fn plan(running: &[Sequence], max_tokens: usize) -> Vec<(usize, usize)> {
-    let mut chosen = Vec::new();
-    let mut budget = max_tokens.max(1);
-    for (index, sequence) in running.iter().enumerate() {
-        if sequence.pending() == 1 && budget > 0 {
-            chosen.push((index, 1));
-            budget -= 1;
-        }
-    }
-    for (index, sequence) in running.iter().enumerate() {
-        let pending = sequence.pending();
-        if pending > 1 && budget > 0 {
-            let rows = pending.min(budget);
-            chosen.push((index, rows));
-            budget -= rows;
-        }
-    }
-    chosen.sort_by(|a, b| {
-        let key = |i: usize| running[i].adapter.as_ref().map(|a| Arc::as_ptr(a) as usize);
-        key(a.0).cmp(&key(b.0)).then(a.0.cmp(&b.0))
-    });
-    chosen
+    let candidates: Vec<Candidate<'_>> = running
+        .iter()
+        .map(|sequence| Candidate {
+            tenant: &sequence.claim.tenant,
+            pending: sequence.pending(),
+            adapter: sequence.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize),
+        })
+        .collect();
+    super::plan::plan(&candidates, max_tokens)
 }
 
 /// Contiguous runs of rows that share an adapter.
