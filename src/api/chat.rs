@@ -3,13 +3,12 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::api::extract::JsonBody;
+use crate::api::extract::{InferenceCaller, JsonBody};
 use crate::api::serve::{Rendering, serve};
 use crate::api::sse;
 use crate::api::validate::ValidatedChat;
 use crate::api::wire::{ChatCompletion, ChatCompletionRequest, ChatStreamEvent};
 use crate::app::AppState;
-use crate::auth::TenantCaller;
 use crate::error::{ApiError, ErrorResponse};
 
 /// Creates a chat completion, as one JSON body or as server-sent events.
@@ -32,7 +31,7 @@ use crate::error::{ApiError, ErrorResponse};
 )]
 pub async fn create_chat_completion(
     request: HttpRequest,
-    caller: TenantCaller,
+    caller: InferenceCaller,
     state: web::Data<AppState>,
     body: JsonBody<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {

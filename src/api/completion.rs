@@ -105,7 +105,9 @@ fn rate_limited(
     }
 }
 
-fn refusal(
+/// The 429 for a limiter's refusal (counted in
+/// `loragate_ratelimit_rejections_total`).
+pub(crate) fn refusal(
     state: &AppState,
     tenant: &Tenant,
     kind: LimitKind,

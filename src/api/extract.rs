@@ -1,6 +1,7 @@
 //! A JSON body extractor whose every failure is an OpenAI error: a body not
 //! declared as JSON gives 415, the size cap 413, malformed JSON and wrong
-//! types 400 naming the field.
+//! types 400 naming the field. And the inference routes' caller, refused
+//! before its body is read while its tenant's last rate-limit refusal holds.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,49 @@ use actix_web::{FromRequest, HttpRequest, mime, web};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::app::AppState;
+use crate::auth::{Tenant, TenantCaller};
 use crate::error::ApiError;
+use crate::ratelimit::Decision;
+
+/// A tenant calling an inference route. Extracted before the body: while
+/// the limiter's last refusal of the tenant still holds, the request is
+/// refused here with that same 429, and its body is never read (nor the
+/// limiter asked), so flooding past a limit costs the gateway little.
+pub struct InferenceCaller(pub std::sync::Arc<Tenant>);
+
+impl FromRequest for InferenceCaller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let tenant = match TenantCaller::from_request(request, payload).into_inner() {
+            Ok(TenantCaller(tenant)) => tenant,
+            Err(error) => return std::future::ready(Err(error)),
+        };
+        let refused = request
+            .app_data::<web::Data<AppState>>()
+            .and_then(|state| Some((state.limiter.recent_refusal(&tenant.id)?, state)));
+        std::future::ready(match refused {
+            Some((
+                Decision::Refused {
+                    kind,
+                    retry_after,
+                    snapshot,
+                },
+                state,
+            )) => Err(crate::api::completion::refusal(
+                state,
+                &tenant,
+                kind,
+                retry_after,
+                snapshot,
+                0,
+            )),
+            _ => Ok(InferenceCaller(tenant)),
+        })
+    }
+}
 
 /// Largest accepted request body, set once as app data.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,7 @@ use self::wire::{
     OutputText, OutputTokensDetails, ResponseInput, ResponseObject, ResponseStreamEvent,
     ResponseUsage,
 };
-use crate::api::extract::JsonBody;
+use crate::api::extract::{InferenceCaller, JsonBody};
 use crate::api::serve::{Rendering, serve};
 use crate::api::tools::wire::{
     FunctionCall, FunctionDefinition, NamedToolChoice, Tool, ToolCall, ToolChoice, ToolKind,
@@ -29,7 +29,6 @@ use crate::api::wire::{
     JsonSchemaFormat, MessageContent, MessageRole, ResponseFormat, ResponseFormatKind,
 };
 use crate::app::AppState;
-use crate::auth::TenantCaller;
 use crate::engine::TokenUsage;
 use crate::error::{ApiError, ErrorResponse};
 
@@ -53,7 +52,7 @@ use crate::error::{ApiError, ErrorResponse};
 )]
 pub async fn create_response(
     request: HttpRequest,
-    caller: TenantCaller,
+    caller: InferenceCaller,
     state: web::Data<AppState>,
     body: JsonBody<CreateResponseRequest>,
 ) -> Result<HttpResponse, ApiError> {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::redis::RedisHandle;
-use super::{Decision, LimiterError, LocalLimiter, RateLimiter, RateSnapshot, RedisLimiter, TopUp};
+use super::{
+    Decision, LimiterError, LocalLimiter, RateLimiter, RateSnapshot, RecentRefusals, RedisLimiter,
+    TopUp,
+};
 use crate::config::{Limits, RedisConfig, RedisFailurePolicy};
 use crate::metrics::Metrics;
 
@@ -22,6 +25,7 @@ pub struct GuardedLimiter {
     policy: RedisFailurePolicy,
     lease_ttl: Duration,
     metrics: Arc<Metrics>,
+    refusals: RecentRefusals,
 }
 
 impl GuardedLimiter {
@@ -42,7 +46,15 @@ impl GuardedLimiter {
             local: LocalLimiter::new(lease_ttl),
             lease_ttl,
             metrics,
+            refusals: RecentRefusals::default(),
         }
+    }
+
+    /// The refusal the limiter gave `tenant` last, while it still holds
+    /// (see `RecentRefusals`): callers refuse at once, before reading the
+    /// request's body.
+    pub fn recent_refusal(&self, tenant: &str) -> Option<Decision> {
+        self.refusals.recall(tenant, std::time::Instant::now())
     }
 
     fn redis_failed(&self, operation: &'static str, error: &LimiterError) {
@@ -96,6 +108,8 @@ impl GuardedLimiter {
                 }
             },
         };
+        self.refusals
+            .note(tenant, &decision, std::time::Instant::now());
         let reservation = matches!(decision, Decision::Admitted(_)).then(|| Reservation {
             limiter: self.clone(),
             tenant: tenant.to_string(),

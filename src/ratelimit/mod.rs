@@ -13,6 +13,7 @@
 mod guarded;
 mod local;
 mod redis;
+mod refusals;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 pub use guarded::{Backend, GuardedLimiter, Reservation};
 pub use local::LocalLimiter;
 pub use redis::{RedisHandle, RedisLimiter};
+pub use refusals::RecentRefusals;
 
 use crate::config::Limits;
 

@@ -157,15 +157,53 @@ async fn requests_over_the_limit_are_refused_before_any_engine_work() {
     let (status, body) = chat_as(&server, &key, &chat_body(&"word ".repeat(200), 2)).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-    // A 4 MB prompt is refused by its size alone.
+    // While that refusal holds, a 4 MB prompt gets the same 429 unread.
     let (status, body) = chat_as(&server, &key, &chat_body(&"x".repeat(4 << 20), 2)).await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "context_length_exceeded");
-    assert_eq!(body["error"]["param"], "messages");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(
         metric(&server, TOKENIZED).await,
         tokenized,
         "no refused prompt was tokenized"
+    );
+}
+
+/// Past its limit, a tenant's next requests are refused from the headers:
+/// a body declared as 4 MB, of which only a few bytes ever arrive, still
+/// gets its 429 (the limiter's, with OpenAI's headers) instead of waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_its_limit_a_tenant_is_refused_before_its_body_is_read() {
+    let (toml, key, _) = limited_tenancy();
+    let server = TestServer::with_toml(&toml, &[("server.max_body_bytes", "8388608")]);
+    assert_eq!(chat_as(&server, &key, &chat_body("hi", 2)).await.0, 200);
+    assert_eq!(chat_as(&server, &key, &chat_body("hi", 2)).await.0, 429);
+    let mut socket = std::net::TcpStream::connect(server.address()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 4194304\r\n\r\n{{\"model\""
+    )
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = socket
+        .read(&mut answer)
+        .expect("an answer without the body");
+    let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("x-ratelimit-remaining-requests: 0"),
+        "{answer}"
+    );
+    assert!(answer.contains("rate_limit_exceeded"), "{answer}");
+    assert_eq!(
+        metric(
+            &server,
+            "loragate_ratelimit_rejections_total{limit=\"requests\",tenant=\"acme\"}"
+        )
+        .await,
+        2.0
     );
 }
 
