@@ -28,7 +28,7 @@
 # check passed.
 set -uo pipefail
 
-BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-470}"
 if [[ -z "${GPU_CHECK_INNER:-}" ]]; then
   # Backstop: nothing outlives budget + 60 s, whatever hangs.
   GPU_CHECK_INNER=1 exec timeout -k 10 "$((BUDGET_S + 60))" bash "$0" "$@"
@@ -50,6 +50,12 @@ DEADLINE=$((SECONDS + BUDGET_S))
 MAX_TOKENS="${GPU_CHECK_MAX_TOKENS:-128}"
 CONCURRENCY="${GPU_CHECK_CONCURRENCY:-1,8,32,128}"
 LEVEL_SECONDS="${GPU_CHECK_LEVEL_SECONDS:-12}"
+# Rows with distinct rank-16 adapters (request n to adapter n mod N), at
+# these concurrencies; mistral.rs (one merged copy of the base per adapter)
+# only up to ADAPTER_MERGED_MAX, what fits beside the base in GPU memory.
+ADAPTER_COUNTS="${GPU_CHECK_ADAPTER_COUNTS:-8,64}"
+ADAPTER_CONCURRENCY="${GPU_CHECK_ADAPTER_CONCURRENCY:-32}"
+ADAPTER_MERGED_MAX=8
 MODEL_NAME=bench-1b
 PARITY_PROMPT="What is the capital of France? Answer in one word."
 DRY="${GPU_CHECK_DRY_RUN:-0}"
@@ -183,7 +189,13 @@ for i in 1 2 3; do
   "$BIN" tiny-adapter --base "$WORK/$MODEL_NAME" --rank 16 --seed "$i" --out "$WORK/adapters/a$i" > /dev/null \
     || fatal "adapters" "loragate tiny-adapter --base failed"
 done
-check "adapters written" 1 "3 x rank 16, q_proj/v_proj, $(du -sh "$WORK/adapters" | cut -f1)"
+IFS=',' read -r -a COUNTS <<< "$ADAPTER_COUNTS"
+MANY=0; for n in "${COUNTS[@]}"; do (( n > MANY )) && MANY=$n; done
+for i in $(seq 1 "$MANY"); do
+  "$BIN" tiny-adapter --base "$WORK/$MODEL_NAME" --rank 16 --seed "$((100 + i))" --out "$WORK/adapters/b$i" > /dev/null \
+    || fatal "adapters" "loragate tiny-adapter --base failed (b$i)"
+done
+check "adapters written" 1 "3 + $MANY x rank 16, q_proj/v_proj, $(du -sh "$WORK/adapters" | cut -f1)"
 phase_done model ok $((SECONDS - t0))
 
 # Reference greedy continuation from transformers, compared with the gateway's
@@ -256,6 +268,8 @@ queue_timeout_ms = 300000
 [adapters]
 # Each run starts from an empty store of its own.
 dir = "$WORK/store-$1"
+# Every adapter of the largest row stays loaded (mistral.rs: merged copies).
+max_resident = $([[ $1 == shared* ]] && echo "$MANY" || echo "$ADAPTER_MERGED_MAX")
 
 [auth]
 enabled = false
@@ -266,6 +280,29 @@ allow_open_admin = true
 level = "info"
 format = "text"
 EOF
+}
+
+adapter_rows() { # MODE: load with N distinct adapters, for each N of ADAPTER_COUNTS
+  local mode=$1 n i names rc uploaded=0
+  for n in "${COUNTS[@]}"; do
+    if [[ $mode != shared* ]] && (( n > ADAPTER_MERGED_MAX )); then
+      echo "$mode: no $n-adapter row (each merged adapter is a copy of the base)"; continue
+    fi
+    (( $(left 60) < 30 )) && { echo "$mode: out of time before the $n-adapter row"; break; }
+    for i in $(seq $((uploaded + 1)) "$n"); do
+      timeout "$(left 30)" "$BIN" upload --url "http://127.0.0.1:$port" --tenant anonymous --name "b$i" \
+        --dir "$WORK/adapters/b$i" > "$WORK/upload-$mode-b$i.json" 2>&1 \
+        || { check "$mode: $n adapters uploaded" 0 "$(tail -n 2 "$WORK/upload-$mode-b$i.json" | tr '\n' ' ')"; return; }
+    done
+    uploaded=$n
+    names="$(seq -f 'b%g' 1 "$n" | paste -sd, -)"
+    rc=0
+    timeout "$(left 60)" python3 "$ROOT/scripts/gpu/loadgen.py" --url "http://127.0.0.1:$port" --model "$names" \
+      --concurrency "$ADAPTER_CONCURRENCY" --max-tokens "$MAX_TOKENS" --seconds "$LEVEL_SECONDS" --timeout 120 \
+      --warmup 0 --label "$mode-$n" --out "$OUT/loadgen-$mode-a$n.json" || rc=$?
+    if [[ $rc == 0 ]]; then check "$mode: load over $n adapters" 1 "every request streamed to the end"
+    else check "$mode: load over $n adapters" 0 "exit $rc; see loadgen-$mode-a$n.json"; fi
+  done
 }
 
 run_mode() { # MODE MODES_LEFT (this one included)
@@ -389,6 +426,8 @@ EOF
   timeout "$lg_budget" python3 "$ROOT/scripts/gpu/loadgen.py" --url "http://127.0.0.1:$port" --model "$MODEL_NAME" \
     --concurrency "$CONCURRENCY" --max-tokens "$MAX_TOKENS" --seconds "$LEVEL_SECONDS" --timeout 120 \
     --label "$mode" --out "$OUT/loadgen-$mode.json" || lg_rc=$?
+  # Inside the memory sampling: the peak covers the adapter rows too.
+  if [[ $mode != paged ]]; then adapter_rows "$mode"; fi
   if [[ -n $sampler ]]; then
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
     echo "peak GPU memory ($mode): $(sort -n "$OUT/memory-$mode.txt" | tail -n1) MiB"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Streaming load generator for an OpenAI-compatible /v1/chat/completions (standard library only).
 
-    loadgen.py --url http://127.0.0.1:PORT --model NAME [--concurrency 1,8,32,128]
+    loadgen.py --url http://127.0.0.1:PORT --model NAME[,NAME...] [--concurrency 1,8,32,128]
                [--max-tokens 128] [--requests N] [--seconds S] [--label L] [--out FILE.json]
 
 For each concurrency level C, C client threads send streamed chat completions
@@ -9,7 +9,8 @@ For each concurrency level C, C client threads send streamed chat completions
 `max_tokens`) back to back until the level has sent its requests (--requests,
 default max(4, 2*C)) or --seconds have passed since it started (no new request
 after that; those running finish). Each prompt starts with its own number so
-the prefix cache cannot serve one request from another.
+the prefix cache cannot serve one request from another. With several models
+(adapters), request n goes to model n mod their number.
 
 Per level it reports: TTFT (send -> first non-empty `delta.content`) p50/p90/max,
 time to the first SSE event of any kind, aggregate output tokens/s (the sum of
@@ -111,6 +112,7 @@ def run_level(args, conc, counter_start):
     host, port = u.hostname, u.port or 80
     path = (u.path.rstrip("/") or "") + "/v1/chat/completions"
     total = args.requests if args.requests else max(4, 2 * conc)
+    models = [m for m in args.model.split(",") if m]
     lock = threading.Lock()
     state = {"sent": 0}
     results = []
@@ -125,7 +127,7 @@ def run_level(args, conc, counter_start):
                 state["sent"] += 1
             prompt = f"Request {n}. " + (FILLER * 20)[: args.prompt_chars]
             body = json.dumps({
-                "model": args.model,
+                "model": models[n % len(models)],
                 "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": args.max_tokens,
                 "temperature": 0,
@@ -155,6 +157,7 @@ def run_level(args, conc, counter_start):
     return {
         "label": args.label,
         "concurrency": conc,
+        "models": len(models),
         "requests": len(results),
         "ok": len(ok),
         "errors": len(errors),
@@ -178,7 +181,7 @@ def run_level(args, conc, counter_start):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="one name, or several comma-separated (round robin)")
     p.add_argument("--concurrency", default="1,8,32,128", help="comma-separated levels")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-chars", type=int, default=200, help="prompt length after its number")

@@ -40,6 +40,12 @@ def main() -> int:
     for mode in NAMES:
         data = load(out / f"loadgen-{mode}.json")
         runs[mode] = data["levels"] if data else None
+    adapter_runs = {}
+    for path in sorted(out.glob("loadgen-*-a*.json")):
+        data = load(path)
+        for lv in (data or {}).get("levels", []):
+            mode = str(lv.get("label", "")).rsplit("-", 1)[0]
+            adapter_runs.setdefault(mode, []).append(lv)
     peaks = {}
     for mode in NAMES:
         try:
@@ -48,7 +54,7 @@ def main() -> int:
         except OSError:
             peaks[mode] = None
     result = {"env": load(out / "env.json"), "phases": phases, "checks": checks, "runs": runs,
-              "peak_gpu_memory_mib": peaks}
+              "adapter_runs": adapter_runs, "peak_gpu_memory_mib": peaks}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     def cell(mode, conc, fmt):
@@ -93,6 +99,15 @@ def main() -> int:
             f"{cell(mode, c, ttft)} | {cell(mode, c, tps)} | {cell(mode, c, per_req)}" for mode in NAMES) + " |")
     if not concs:
         lines.append("| – | no load-generator results |" + " |" * (3 * len(NAMES) - 1))
+    lines += ["", "With N distinct rank-16 adapters (request n to adapter n mod N; uploaded "
+              "just before, loaded on first use):", "",
+              "| run | adapters | concurrency | TTFT p50 / p90 | tok/s | per-req |", "|---|---:|---:|---:|---:|---:|"]
+    for mode, levels in adapter_runs.items():
+        for lv in sorted(levels, key=lambda lv: (lv.get("models", 0), lv["concurrency"])):
+            lines.append(f"| {NAMES.get(mode, mode)} | {lv.get('models', '?')} | {lv['concurrency']} | "
+                         f"{ttft(lv)} | {tps(lv)} | {per_req(lv)} |")
+    if not adapter_runs:
+        lines.append("| – | no adapter rows | | | | |")
     lines += ["", "Peak GPU memory during the load (MiB, nvidia-smi every 250 ms): " + ", ".join(
         f"{NAMES[m]} {peaks[m] if peaks[m] is not None else '–'}" for m in NAMES)]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
