@@ -259,8 +259,12 @@ def build():
                  [("sum(loragate_admission_queue_depth)", "queued")], "short")
     d.timeseries("Queue wait p50/p95", "Time waiting for a generation slot.",
                  quantiles("loragate_queue_wait_seconds", "", qs=(0.5, 0.95)), "s")
-    d.timeseries("Admission rejections by reason", "503s from admission control: queue_full, queue_timeout.",
+    d.timeseries("Admission rejections by reason", "503s from admission control: queue_full, queue_timeout, engine_start_timeout (waiting inside mistral.rs for another cache size).",
                  [(f"sum by (reason) ({rate('loragate_admission_rejections_total')})", "{{reason}}")], "reqps", stack=True)
+    d.timeseries("Paged KV: free blocks", "Free blocks of the shared-base engine's paged KV pool (model.paged_attention); near zero means sequences wait for blocks or get preempted.",
+                 [("sum(loragate_engine_kv_blocks_free)", "free blocks")], "short", w=12)
+    d.timeseries("Paged KV: preemptions/s", "Sequences that gave their KV blocks back to be recomputed because the pool ran out; sustained means the pool (context_tokens) is too small for the load.",
+                 [(f"sum({rate('loragate_engine_kv_preemptions_total')})", "preemptions")], "ops", w=12)
 
     # ------------------------------------------------------------ tenancy, Redis
     d.row("Fair share between tenants")
