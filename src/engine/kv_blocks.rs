@@ -24,6 +24,10 @@ pub enum BlockError {
     UnknownSequence(SequenceId),
     #[error("sequence {0} already has a block table")]
     AlreadyAdmitted(SequenceId),
+    #[error(
+        "sequence {0} would write to a block it shares (a fork), which this pool does not copy"
+    )]
+    SharedBlock(SequenceId),
 }
 
 /// A sequence's blocks, in order, and how many tokens they hold.
@@ -213,21 +217,25 @@ impl BlockAllocator {
 pub struct Running {
     pub sequence: SequenceId,
     pub tenant: String,
+    /// The tenant's priority class: higher runs first.
+    pub priority: u8,
     /// Admission order: larger is newer.
     pub arrived: u64,
 }
 
 /// Which sequence gives its blocks back (to be recomputed later) when the
-/// pool runs out: the newest sequence of the tenant holding the most
-/// running sequences, so the tenant over its share pays first and the work
-/// thrown away is the least.
+/// pool runs out: among the lowest priority class running, the newest
+/// sequence of the tenant holding the most running sequences, so the tenant
+/// over its share pays first and the work thrown away is the least.
 pub fn preemption_victim(running: &[Running]) -> Option<SequenceId> {
+    let lowest = running.iter().map(|sequence| sequence.priority).min()?;
     let mut per_tenant: HashMap<&str, usize> = HashMap::new();
     for sequence in running {
         *per_tenant.entry(sequence.tenant.as_str()).or_default() += 1;
     }
     running
         .iter()
+        .filter(|sequence| sequence.priority == lowest)
         .max_by_key(|sequence| (per_tenant[sequence.tenant.as_str()], sequence.arrived))
         .map(|sequence| sequence.sequence)
 }
@@ -305,6 +313,7 @@ mod tests {
         let running = |sequence, tenant: &str, arrived| Running {
             sequence,
             tenant: tenant.into(),
+            priority: 0,
             arrived,
         };
         let batch = [
@@ -316,5 +325,11 @@ mod tests {
         assert_eq!(preemption_victim(&batch), Some(3));
         assert_eq!(preemption_victim(&batch[..1]), Some(1));
         assert_eq!(preemption_victim(&[]), None);
+        // A higher priority class is never preempted for a lower one.
+        let mut important = batch.clone();
+        for sequence in important.iter_mut().filter(|s| s.tenant == "busy") {
+            sequence.priority = 1;
+        }
+        assert_eq!(preemption_victim(&important), Some(1));
     }
 }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use super::attention::SequenceRows;
 use super::config::LlamaConfig;
-use crate::engine::kv_blocks::{BlockAllocator, BlockError, SequenceId};
+use crate::engine::kv_blocks::{Append, BlockAllocator, BlockError, SequenceId};
 
 /// Head sizes the CUDA paged-attention kernels are built for.
 pub const KERNEL_HEAD_SIZES: [usize; 8] = [64, 80, 96, 112, 128, 192, 256, 512];
@@ -58,6 +58,12 @@ impl PagedPool {
         let x = key_split(dtype, head_dim);
         if blocks == 0 || block_size == 0 {
             candle_core::bail!("a paged KV pool needs at least one block of one token");
+        }
+        if device.is_cuda() && ![8, 16, 32].contains(&block_size) {
+            // The kernels' switch does nothing for any other size.
+            candle_core::bail!(
+                "the paged-attention kernels take blocks of 8, 16 or 32 tokens, not {block_size}"
+            );
         }
         if device.is_cuda() && !KERNEL_HEAD_SIZES.contains(&head_dim) {
             candle_core::bail!(
@@ -309,7 +315,12 @@ impl PagedCache {
             if table.tokens >= tokens {
                 return Ok(());
             }
-            allocator.append(self.id)?;
+            match allocator.append(self.id)? {
+                Append::InPlace | Append::NewBlock(_) => {}
+                // Only forks share blocks, and this pool never forks: a
+                // copy would need `copy_blocks`, which is not wired.
+                Append::CopyOnWrite { .. } => return Err(BlockError::SharedBlock(self.id)),
+            }
         }
     }
 
@@ -581,6 +592,44 @@ mod tests {
             drop(first);
             drop(second);
             assert_eq!(pool.free_blocks(), 16, "every block is back");
+        }
+    }
+
+    /// Pins the layout to the kernels' own index formulas
+    /// (`reshape_and_cache_kernel.cu`: `tgt_key_idx`, `tgt_value_idx`).
+    #[test]
+    fn a_token_lands_where_the_cuda_kernels_read_it() {
+        let pool = pool(4, 4, DType::F32);
+        let config = config();
+        let (heads, head_dim, block_size, x) = (config.kv_heads, config.head_dim, 4, 4);
+        let cache = pool.admit(6, true).unwrap().unwrap();
+        let step = pool
+            .step(&[(SequenceRows { start: 0, len: 6 }, &cache)])
+            .unwrap();
+        let values: Vec<f32> = (0..6 * heads * head_dim).map(|v| v as f32).collect();
+        let k = Tensor::from_vec(values, (6, heads, head_dim), &Device::Cpu).unwrap();
+        let v = (&k + 0.5).unwrap();
+        step.write(0, &k, &v).unwrap();
+        let (key_cache, value_cache) = &pool.layers[0];
+        let keys: Vec<f32> = key_cache.flatten_all().unwrap().to_vec1().unwrap();
+        let values: Vec<f32> = value_cache.flatten_all().unwrap().to_vec1().unwrap();
+        // Row 5 is block 1 (the table's second), offset 1.
+        let (row, block, offset) = (5, 1, 1);
+        for head in 0..heads {
+            for d in 0..head_dim {
+                let written = ((row * heads + head) * head_dim + d) as f32;
+                let key_index = block * heads * (head_dim / x) * block_size * x
+                    + head * (head_dim / x) * block_size * x
+                    + (d / x) * block_size * x
+                    + offset * x
+                    + d % x;
+                let value_index = block * heads * head_dim * block_size
+                    + head * head_dim * block_size
+                    + d * block_size
+                    + offset;
+                assert_eq!(keys[key_index], written);
+                assert_eq!(values[value_index], written + 0.5);
+            }
         }
     }
 

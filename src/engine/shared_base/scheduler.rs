@@ -281,9 +281,24 @@ impl Scheduler {
                 }
                 Ok(None) => {
                     self.waiting.insert(index, sequence);
+                    self.resume_paused();
                     return;
                 }
                 Err(error) => sequence.fail(EngineError::Internal(error.to_string())),
+            }
+        }
+    }
+
+    /// While the next sequence waits for KV room, paused sequences (which
+    /// hold their cache and need nothing new to start) fill the batch
+    /// instead of leaving it short.
+    fn resume_paused(&mut self) {
+        while self.running.len() < self.config.max_sequences {
+            let Some(index) = self.waiting.iter().position(|s| s.cache.is_some()) else {
+                return;
+            };
+            if let Some(sequence) = self.waiting.remove(index) {
+                self.running.push(*sequence);
             }
         }
     }
@@ -308,7 +323,12 @@ impl Scheduler {
                 if !idle {
                     return Ok(None);
                 }
-                while self.preempt_paused() {}
+                // Only as many paused sequences as it takes.
+                while self.preempt_paused() {
+                    if let Some(cache) = pool.admit(sequence.tokens.len(), false)? {
+                        return Ok(Some(SequenceCache::Paged(cache)));
+                    }
+                }
                 Ok(pool
                     .admit(sequence.tokens.len(), false)?
                     .map(SequenceCache::Paged))
@@ -349,6 +369,7 @@ impl Scheduler {
             .map(|(index, s)| Running {
                 sequence: index as u64,
                 tenant: s.claim.tenant.clone(),
+                priority: s.claim.priority,
                 arrived: s.arrival,
             })
             .collect();
