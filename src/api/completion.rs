@@ -350,7 +350,10 @@ async fn start_within_queue_timeout(
     request: &crate::engine::InferenceRequest,
 ) -> Result<Result<InferenceStream, EngineError>, ApiError> {
     let starting = engine.generate(request.clone());
-    if engine.models().iter().any(|card| card.is_remote()) {
+    if engine
+        .model(&request.model)
+        .is_some_and(|card| card.is_remote())
+    {
         return Ok(starting.await);
     }
     match tokio::time::timeout(state.admission.queue_timeout(), starting).await {

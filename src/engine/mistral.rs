@@ -351,6 +351,14 @@ impl Engine for MistralEngine {
         cards
     }
 
+    // Without cloning every adapter's card on each request.
+    fn model(&self, id: &str) -> Option<ModelCard> {
+        if id == self.card.id {
+            return Some(self.card.clone());
+        }
+        self.adapters.read().get(id).cloned()
+    }
+
     async fn load_adapter(&self, id: &str, adapter: &AdapterFiles) -> Result<u64, EngineError> {
         let base = self.base.as_ref().ok_or_else(|| {
             EngineError::Rejected(

@@ -309,6 +309,21 @@ fn axpy(weight: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// The largest absolute difference between two tensors of one shape, in f32.
+#[cfg(test)]
+pub(crate) fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -359,16 +374,7 @@ mod tests {
         }
         let q = q.contiguous().unwrap();
         let generic = attend_by_sequence(&config, 0, &q, &step).unwrap();
-        let difference = (fused - generic)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = max_abs_difference(&fused, &generic);
         assert!(difference < 1e-5, "largest difference {difference}");
     }
 }

@@ -284,6 +284,17 @@ impl Engine for SharedBaseEngine {
         cards
     }
 
+    // Without cloning every adapter's card on each request.
+    fn model(&self, id: &str) -> Option<ModelCard> {
+        if id == self.card.id {
+            return Some(self.card.clone());
+        }
+        self.adapters.read().contains_key(id).then(|| ModelCard {
+            id: id.to_string(),
+            ..self.card.clone()
+        })
+    }
+
     async fn count_prompt_tokens(
         &self,
         model: &str,

@@ -141,39 +141,6 @@ impl PagedPool {
         }
     }
 
-    fn write(
-        &self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-        step: &PagedStep,
-    ) -> candle_core::Result<()> {
-        let (key_cache, value_cache) = &self.layers[layer];
-        let k = k.contiguous()?;
-        let v = v.contiguous()?;
-        #[cfg(feature = "cuda")]
-        {
-            if let Some(slots) = &step.slots {
-                return mistralrs_paged_attn::reshape_and_cache(
-                    &k,
-                    &v,
-                    None,
-                    None,
-                    key_cache,
-                    value_cache,
-                    slots,
-                );
-            }
-        }
-        let write = |half| WriteSlots {
-            slots: &step.slots_host,
-            block_size: self.block_size,
-            half,
-        };
-        key_cache.inplace_op2(&k, &write(Half::Keys))?;
-        value_cache.inplace_op2(&v, &write(Half::Values))
-    }
-
     /// The first `tokens` positions of a sequence's blocks as contiguous
     /// `[tokens, kv_heads, head_dim]` keys and values (a copy).
     pub fn gather(
@@ -206,31 +173,6 @@ impl PagedPool {
             .reshape(shape)?
             .narrow(0, 0, tokens)?;
         Ok((k, v))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn decode(
-        &self,
-        layer: usize,
-        q: &Tensor,
-        batch: &DecodeBatch,
-        softmax_scale: f32,
-    ) -> candle_core::Result<Tensor> {
-        let (key_cache, value_cache) = &self.layers[layer];
-        mistralrs_paged_attn::paged_attention(
-            q,
-            None,
-            None,
-            key_cache,
-            value_cache,
-            &batch.block_tables,
-            &batch.context_lens,
-            None,
-            batch.max_context,
-            softmax_scale,
-            1.0,
-            None,
-        )
     }
 
     /// What every layer of one step needs: each row's slot, and on CUDA the
@@ -359,7 +301,30 @@ impl PagedStep {
     /// Writes the step's new K and V rows (`[rows, kv_heads, head_dim]`)
     /// into their slots.
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-        self.pool.write(layer, k, v, self)
+        let (key_cache, value_cache) = &self.pool.layers[layer];
+        let k = k.contiguous()?;
+        let v = v.contiguous()?;
+        #[cfg(feature = "cuda")]
+        {
+            if let Some(slots) = &self.slots {
+                return mistralrs_paged_attn::reshape_and_cache(
+                    &k,
+                    &v,
+                    None,
+                    None,
+                    key_cache,
+                    value_cache,
+                    slots,
+                );
+            }
+        }
+        let write = |half| WriteSlots {
+            slots: &self.slots_host,
+            block_size: self.pool.block_size,
+            half,
+        };
+        key_cache.inplace_op2(&k, &write(Half::Keys))?;
+        value_cache.inplace_op2(&v, &write(Half::Values))
     }
 
     /// The step's decode rows (`q`: `[n, heads, head_dim]`, the model's
@@ -372,7 +337,21 @@ impl PagedStep {
         batch: &DecodeBatch,
         softmax_scale: f32,
     ) -> candle_core::Result<Tensor> {
-        self.pool.decode(layer, q, batch, softmax_scale)
+        let (key_cache, value_cache) = &self.pool.layers[layer];
+        mistralrs_paged_attn::paged_attention(
+            q,
+            None,
+            None,
+            key_cache,
+            value_cache,
+            &batch.block_tables,
+            &batch.context_lens,
+            None,
+            batch.max_context,
+            softmax_scale,
+            1.0,
+            None,
+        )
     }
 }
 
@@ -512,6 +491,7 @@ impl InplaceOp2 for WriteSlots<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::shared_base::attention::max_abs_difference;
 
     /// Two KV heads of 16: keys split in 4 (f32) or 8 (f16) as on CUDA.
     fn config() -> LlamaConfig {
@@ -524,19 +504,6 @@ mod tests {
 
     fn pool(blocks: usize, block_size: usize, dtype: DType) -> Arc<PagedPool> {
         PagedPool::new(&config(), dtype, &Device::Cpu, blocks, block_size).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Tokens written a few at a time across block boundaries, for two
@@ -583,10 +550,19 @@ mod tests {
             assert_eq!(written, (10, 9));
             for layer in 0..config.layers {
                 let (k, v) = first.view(layer, 10).unwrap();
-                assert_eq!(max_difference(&k, &all_k.narrow(0, 0, 10).unwrap()), 0.0);
-                assert_eq!(max_difference(&v, &all_v.narrow(0, 0, 10).unwrap()), 0.0);
+                assert_eq!(
+                    max_abs_difference(&k, &all_k.narrow(0, 0, 10).unwrap()),
+                    0.0
+                );
+                assert_eq!(
+                    max_abs_difference(&v, &all_v.narrow(0, 0, 10).unwrap()),
+                    0.0
+                );
                 let (k, _) = second.view(layer, 9).unwrap();
-                assert_eq!(max_difference(&k, &all_k.narrow(0, 10, 9).unwrap()), 0.0);
+                assert_eq!(
+                    max_abs_difference(&k, &all_k.narrow(0, 10, 9).unwrap()),
+                    0.0
+                );
             }
             assert_eq!(pool.free_blocks(), 16 - 3 - 3);
             drop(first);

@@ -317,21 +317,15 @@ impl Scheduler {
             KvStore::Paged(pool) => {
                 let pool = pool.clone();
                 let idle = self.running.is_empty();
-                if let Some(cache) = pool.admit(sequence.tokens.len(), !idle)? {
-                    return Ok(Some(SequenceCache::Paged(cache)));
-                }
-                if !idle {
-                    return Ok(None);
-                }
-                // Only as many paused sequences as it takes.
-                while self.preempt_paused() {
-                    if let Some(cache) = pool.admit(sequence.tokens.len(), false)? {
+                loop {
+                    if let Some(cache) = pool.admit(sequence.tokens.len(), !idle)? {
                         return Ok(Some(SequenceCache::Paged(cache)));
                     }
+                    // Only as many paused sequences as it takes.
+                    if !idle || !self.preempt_paused() {
+                        return Ok(None);
+                    }
                 }
-                Ok(pool
-                    .admit(sequence.tokens.len(), false)?
-                    .map(SequenceCache::Paged))
             }
         }
     }
