@@ -365,10 +365,31 @@ async fn an_upload_never_takes_a_busy_slot_to_warm_up() {
     let evictions = "loragate_adapter_evictions_total{tenant=\"anonymous\"}";
     let (busy, newcomer) = (common::tiny_adapter(91), common::tiny_adapter(92));
     common::upload_adapter(&server, None, "anonymous", "busy", busy.path()).await;
-    // Three clients with long answers: the slot is never idle.
+    // Three clients with long answers, and one stream far longer than the
+    // upload, so the slot is never idle (three equal answers batched
+    // together can all end in one step and leave it idle for an instant).
     let clients = BusyClients::start(&server, "busy", 3, 48, 2).await;
+    let mut long = chat_body("hi", 1500);
+    long["model"] = json!("busy");
+    long["stream"] = json!(true);
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut frames = futures_util::StreamExt::boxed(response.bytes_stream());
+    futures_util::StreamExt::next(&mut frames)
+        .await
+        .expect("the long stream runs")
+        .expect("readable");
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut frames).await {}
+    });
     common::upload_adapter(&server, None, "anonymous", "newcomer", newcomer.path()).await;
     let evicted_by_the_upload = common::metric(&server, evictions).await;
+    reader.abort();
     clients.stop().await;
     assert_eq!(evicted_by_the_upload, 0.0, "the busy adapter kept its slot");
     let mut body = chat_body("hi", 4);
